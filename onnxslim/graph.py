@@ -1,0 +1,307 @@
+"""Small helpers on onnx-graphsurgeon's IR.
+
+The IR *is* :class:`onnx_graphsurgeon.Graph`: nodes, ``Variable`` and ``Constant`` tensors with
+edges kept in sync both ways (``tensor.inputs`` are producers, ``tensor.outputs`` consumers).
+These helpers cover what every pass needs: converting to and from ``ModelProto`` without losing
+model-level fields, reading constant values, rewiring uses, and making fresh names.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+logger = logging.getLogger(__name__)
+
+# gs logs at WARNING for things we handle ourselves (e.g. duplicate names we report).
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+
+# --------------------------------------------------------------------------------------------
+# Model <-> Graph
+
+
+def import_model(model: onnx.ModelProto) -> gs.Graph:
+    """Import a ModelProto into a gs Graph. Initializers stay lazy (no copy of weight bytes)."""
+    graph = gs.import_onnx(model)
+    return graph
+
+
+def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Export a gs Graph to a ModelProto, keeping the model-level fields of ``template``.
+
+    Kept from the template: IR version, opset imports (unless the graph raised the default
+    domain's version), producer, model version, doc string, domain, metadata, training info.
+    """
+    opset_imports = None
+    if template is not None:
+        opset_imports = [onnx.helper.make_opsetid(o.domain, o.version) for o in template.opset_import]
+        # Add domains that passes introduced (e.g. com.microsoft) and honour opset raises.
+        known = {o.domain for o in opset_imports}
+        for domain, version in (graph.import_domains and {o.domain: o.version for o in graph.import_domains} or {}).items():
+            if domain not in known:
+                opset_imports.append(onnx.helper.make_opsetid(domain, version))
+        for node in graph.nodes:
+            if node.domain and node.domain not in known and node.domain not in {o.domain for o in opset_imports}:
+                opset_imports.append(onnx.helper.make_opsetid(node.domain, 1))
+        for o in opset_imports:
+            if o.domain in ("", "ai.onnx") and graph.opset and graph.opset > o.version:
+                o.version = graph.opset
+    kwargs = {"opset_imports": opset_imports} if opset_imports is not None else {}
+    model = gs.export_onnx(graph, do_type_check=False, **kwargs)
+    if template is not None:
+        model.ir_version = template.ir_version
+        model.producer_name = template.producer_name
+        model.producer_version = template.producer_version
+        model.domain = template.domain
+        model.model_version = template.model_version
+        model.doc_string = template.doc_string
+        del model.metadata_props[:]
+        model.metadata_props.extend(template.metadata_props)
+        if template.training_info:
+            model.training_info.extend(template.training_info)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the graph
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that produces ``tensor``, or None for graph inputs and constants."""
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    """Nodes that read ``tensor`` (a node reading it twice appears once)."""
+    seen: dict[int, gs.Node] = {}
+    for node in tensor.outputs:
+        seen.setdefault(id(node), node)
+    return list(seen.values())
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.inputs)
+
+
+def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of ``tensor`` if it is known at compile time, else None.
+
+    Covers initializers (``gs.Constant``) and outputs of ``Constant`` nodes with a ``value``
+    attribute. Empty optional inputs (name "") return None.
+    """
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and not node.domain:
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+        for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key], dtype=dtype)
+        for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+            if key in node.attrs:
+                return np.asarray(list(node.attrs[key]), dtype=dtype)
+    return None
+
+
+def is_constant(tensor: gs.Tensor | None) -> bool:
+    if tensor is None:
+        return False
+    if isinstance(tensor, gs.Constant):
+        return True
+    node = producer(tensor)
+    return node is not None and node.op == "Constant" and not node.domain and constant_value(tensor) is not None
+
+
+def constant_nbytes(tensor: gs.Constant) -> int:
+    """Byte size of a constant without loading lazy values."""
+    shape = tensor.shape or ()
+    count = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    try:
+        itemsize = np.dtype(tensor.dtype).itemsize
+    except TypeError:  # dtypes numpy does not know (e.g. bfloat16 via ml_dtypes names)
+        itemsize = 1
+    return count * itemsize
+
+
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape of ``tensor`` when every dimension is a known integer, else None."""
+    shape = tensor.shape
+    if shape is None:
+        return None
+    if all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        return tuple(int(d) for d in shape)
+    return None
+
+
+def rank(tensor: gs.Tensor) -> int | None:
+    return None if tensor.shape is None else len(tensor.shape)
+
+
+def opset(graph: gs.Graph) -> int:
+    """The default-domain opset version of the graph."""
+    return int(graph.opset or 1)
+
+
+def iter_subgraphs(node: gs.Node) -> Iterator[gs.Graph]:
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, gs.Graph):
+                    yield item
+
+
+def has_subgraph(node: gs.Node) -> bool:
+    return any(True for _ in iter_subgraphs(node))
+
+
+def outer_scope_names(graph: gs.Graph) -> set[str]:
+    """Names of tensors that nested subgraphs read from the enclosing graph(s)."""
+    names: set[str] = set()
+
+    def visit(g: gs.Graph) -> None:
+        local = {t.name for node in g.nodes for t in node.outputs}
+        local |= {t.name for t in g.inputs}
+        for node in g.nodes:
+            for t in node.inputs:
+                if t.name and t.name not in local and not isinstance(t, gs.Constant):
+                    names.add(t.name)
+            for sub in iter_subgraphs(node):
+                visit(sub)
+
+    for node in graph.nodes:
+        for sub in iter_subgraphs(node):
+            visit(sub)
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Rewiring
+
+
+class NameScope:
+    """Fresh, unique tensor and node names for one pass over one graph."""
+
+    def __init__(self, graph: gs.Graph):
+        self._used: set[str] = set(graph.tensors().keys())
+        self._used.update(n.name for n in graph.nodes if n.name)
+        self._counter = 0
+
+    def fresh(self, base: str) -> str:
+        base = base or "onnxslim"
+        name = base
+        while name in self._used:
+            self._counter += 1
+            name = f"{base}__{self._counter}"
+        self._used.add(name)
+        return name
+
+
+def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every reader of ``old`` read ``new`` instead; keep graph output names stable.
+
+    If ``old`` is a graph output, the output keeps its name: ``new`` takes over that name when it
+    is an internal variable produced by a node, otherwise an Identity node is inserted.
+    """
+    if old is new:
+        return
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+    if not is_graph_output(graph, old):
+        return
+    can_rename = (
+        isinstance(new, gs.Variable)
+        and new.inputs
+        and not is_graph_output(graph, new)
+        and not is_graph_input(graph, new)
+    )
+    name, dtype, shape = old.name, old.dtype, old.shape
+    if can_rename:
+        old.name = name + "__replaced"
+        new.name = name
+        if new.dtype is None:
+            new.dtype = dtype
+        if new.shape is None:
+            new.shape = shape
+        graph.outputs = [new if t is old else t for t in graph.outputs]
+        return
+    # Keep ``old`` as the output, produced by Identity(new). Detach old from its producer first.
+    for node in list(old.inputs):
+        node.outputs = [gs.Variable(NameScope(graph).fresh(name + "__dead"), dtype=t.dtype) if t is old else t for t in node.outputs]
+    identity = gs.Node("Identity", name=NameScope(graph).fresh(name + "__identity"), inputs=[new], outputs=[old])
+    graph.nodes.append(identity)
+
+
+def detach(node: gs.Node) -> None:
+    """Disconnect ``node`` from all tensors; the pipeline's cleanup removes it."""
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def sweep(graph: gs.Graph) -> int:
+    """Remove nodes and initializers that do not contribute to a graph output.
+
+    Returns the number of nodes removed. Graph inputs are kept (``eliminate_dead`` decides on
+    those). Nodes inside subgraphs are left alone.
+    """
+    before = len(graph.nodes)
+    graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=False, recurse_functions=False)
+    return before - len(graph.nodes)
+
+
+def op_histogram(nodes: Iterable[gs.Node]) -> dict[str, int]:
+    hist: dict[str, int] = {}
+    for node in nodes:
+        key = node.op if not node.domain or node.domain == "ai.onnx" else f"{node.domain}::{node.op}"
+        hist[key] = hist.get(key, 0) + 1
+    return dict(sorted(hist.items()))
+
+
+def single_consumer(tensor: gs.Tensor) -> gs.Node | None:
+    """The only consumer of ``tensor`` (counting a node that reads it twice once), else None."""
+    readers = consumers(tensor)
+    return readers[0] if len(readers) == 1 else None
+
+
+def all_inputs_constant(node: gs.Node) -> bool:
+    return all(is_constant(t) for t in node.inputs if t.name)
+
+
+def make_constant(scope: NameScope, base: str, value: np.ndarray) -> gs.Constant:
+    return gs.Constant(scope.fresh(base), np.ascontiguousarray(value))
+
+
+def make_node(
+    graph: gs.Graph,
+    scope: NameScope,
+    op: str,
+    inputs: Sequence[gs.Tensor],
+    *,
+    name: str,
+    attrs: dict | None = None,
+    outputs: Sequence[gs.Tensor] | None = None,
+    num_outputs: int = 1,
+    domain: str | None = None,
+) -> gs.Node:
+    """Append a new node with a fresh name; creates fresh output variables unless given."""
+    if outputs is None:
+        outputs = [gs.Variable(scope.fresh(f"{name}_out{i}" if i else f"{name}_out")) for i in range(num_outputs)]
+    node = gs.Node(op, name=scope.fresh(name), attrs=dict(attrs or {}), inputs=list(inputs), outputs=list(outputs), domain=domain)
+    graph.nodes.append(node)
+    return node
