@@ -1,0 +1,319 @@
+"""The ``onnxslim`` command line: optimize, inspect, verify, passes.
+
+Exit codes: 0 success; 1 verification failed; 2 bad input or usage; 3 internal error;
+130 interrupted. Errors are one line on stderr, never a traceback (``-v`` adds it for bugs).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from onnxslim import api, io
+from onnxslim.errors import OnnxSlimError, UsageError, VerificationFailedError
+from onnxslim.graph import import_model
+from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, get_pass, registry
+from onnxslim.report import Report
+from onnxslim.stats import ModelStats, compute as compute_stats, human, human_bytes
+
+EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"onnxslim: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn every error into one line on stderr and a documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VerificationFailedError as exc:
+            report = getattr(exc, "report", None)
+            if report is not None and kwargs.get("report_path"):
+                report.write_json(kwargs["report_path"])
+            _fail(str(exc), exc.exit_code)
+        except OnnxSlimError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; no output written", EXIT_INTERRUPTED)
+        except MemoryError:
+            _fail("out of memory", EXIT_INTERNAL)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # a bug of ours: one line, traceback only with -v
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                logging.getLogger("onnxslim").exception("internal error")
+            _fail(f"internal error: {type(exc).__name__}: {exc} (please report it; -v shows the traceback)", EXIT_INTERNAL)
+
+    return wrapper
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING
+    if quiet:
+        level = logging.ERROR
+    elif verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="onnxslim: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
+    """``name:1,3,224,224`` (repeatable) -> {name: [1, 3, 224, 224]}."""
+    shapes: dict[str, list[int]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        if not sep or not name:
+            raise UsageError(f"--input-shape {value!r}: expected NAME:D1,D2,... (e.g. input:1,3,224,224)")
+        try:
+            parsed = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            raise UsageError(f"--input-shape {value!r}: dimensions must be integers") from None
+        if not parsed and dims.strip():
+            raise UsageError(f"--input-shape {value!r}: no dimensions given")
+        shapes[name] = parsed
+    return shapes
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxslim")
+def main() -> None:
+    """onnxslim: optimize ONNX models (cleanup, fusion, verification)."""
+
+
+# --------------------------------------------------------------------------------------------
+# optimize
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default: <name>.opt.onnx beside the input).")
+@click.option("--passes", "passes", help="Pipeline string, e.g. 'infer_shapes,[fold_constants,eliminate_dead]*8'.")
+@click.option("--skip", help="Comma-separated passes to leave out of the pipeline.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Fix an input's shape: NAME:1,3,224,224 (repeatable).")
+@click.option("--no-verify", is_flag=True, help="Do not compare outputs with the original model.")
+@click.option("--verify-each", is_flag=True, help="Verify after every pass; name the first pass that breaks outputs.")
+@click.option("--tolerance", type=float, help="Verification tolerance relative to max |output| (default 1e-4 for fp32).")
+@click.option("--inputs", "inputs_file", type=click.Path(path_type=Path), help="Verify on these inputs (.npz: input name -> array).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write a machine-readable JSON report.")
+@click.option("--save-external-data", is_flag=True, default=None, help="Write weights to <output>.data (automatic above 2 GB).")
+@click.option("--strict", is_flag=True, help="Fail when an optional rewrite cannot apply.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthesized verification inputs.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@handle_errors
+def optimize(model, output, passes, skip, input_shapes, no_verify, verify_each, tolerance, inputs_file, report_path,
+             save_external_data, strict, seed, quiet, verbose) -> None:
+    """Optimize MODEL with the cleanup pipeline and verify it against the original."""
+    _setup_logging(verbose, quiet)
+    if tolerance is not None and not tolerance > 0:
+        raise UsageError("--tolerance must be a positive number")
+    if inputs_file is not None and not Path(inputs_file).is_file():
+        raise UsageError(f"--inputs {inputs_file}: no such file")
+    if report_path is not None:
+        io.check_output_path(report_path, [model])
+    shapes = parse_input_shapes(input_shapes)
+    try:
+        report = api.optimize_file(
+            model, output, passes=passes, skip=_split(skip), verify=not no_verify, verify_each=verify_each,
+            input_shapes=shapes, inputs_file=inputs_file, tolerance=tolerance,
+            external_data=True if save_external_data else None, strict=strict, seed=seed,
+        )
+    except VerificationFailedError as exc:
+        report = getattr(exc, "report", None)
+        if report is not None:
+            if not quiet:
+                click.echo(format_summary(report))
+            if report_path:
+                report.write_json(report_path)
+        _fail(str(exc), exc.exit_code)
+        return
+    if report_path:
+        report.write_json(report_path)
+    if not quiet:
+        click.echo(format_summary(report))
+
+
+def _delta(before: float, after: float, fmt: Callable[[float], str]) -> list[str]:
+    change = "" if before == 0 else f"{(after - before) / before * 100:+.1f}%"
+    return [fmt(before), fmt(after), change]
+
+
+def format_summary(report: Report) -> str:
+    """The before/after table, op changes, time per pass and the verification line."""
+    b, a = report.before, report.after
+    lines = []
+    if b and a:
+        rows = [
+            ["nodes", *_delta(b.nodes, a.nodes, lambda v: f"{int(v)}")],
+            ["parameters", *_delta(b.parameters, a.parameters, human)],
+            ["MACs" + ("" if a.macs_exact else " (approx.)"), *_delta(b.macs, a.macs, human)],
+            ["weight bytes", *_delta(b.constant_bytes, a.constant_bytes, human_bytes)],
+        ]
+        if report.input.get("bytes") and report.output.get("bytes"):
+            rows.append(["file bytes", *_delta(report.input["bytes"], report.output["bytes"], human_bytes)])
+        lines += _table(["", "before", "after", "change"], rows)
+        changes = []
+        for op in sorted(set(b.ops) | set(a.ops)):
+            x, y = b.ops.get(op, 0), a.ops.get(op, 0)
+            if x != y:
+                changes.append(f"{op} {x}->{y}")
+        if changes:
+            lines.append("ops: " + ", ".join(changes))
+    totals = [t for t in report.pass_totals() if t["changed"] or t["seconds"] > 0.05]
+    if totals:
+        lines.append("")
+        lines += _table(["pass", "runs", "changed", "nodes removed", "seconds"],
+                        [[t["name"], str(t["runs"]), str(t["changed"]), str(t["nodes_removed"]), f"{t['seconds']:.3f}"] for t in totals])
+    if report.verification is not None:
+        lines.append("")
+        lines.append(report.verification.summary())
+    if report.output.get("path"):
+        lines.append(f"wrote {report.output['path']} in {report.seconds.get('total', 0):.2f}s")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    numeric = [i > 0 and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        cells = [str(c).rjust(w) if num else str(c).ljust(w) for c, w, num in zip(row, widths, numeric)]
+        return "  ".join(cells).rstrip()
+
+    return [fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]]
+
+
+def _is_number(text: str) -> bool:
+    return bool(text) and (text[0].isdigit() or text[0] in "+-.") and text[-1] not in ":"
+
+
+# --------------------------------------------------------------------------------------------
+# inspect
+
+
+def _value_info(v) -> dict[str, Any]:
+    from onnx import helper
+
+    t = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?"
+    except (KeyError, TypeError):
+        dtype = str(t.elem_type)
+    return {"name": v.name, "dtype": dtype, "shape": dims}
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Fix an input's shape for MACs: NAME:1,3,224,224.")
+@handle_errors
+def inspect(model, as_json, input_shapes) -> None:
+    """Describe MODEL: inputs, outputs, opsets, ops, parameters, MACs, largest tensors."""
+    _setup_logging(0, True)
+    proto = io.load(model)
+    api.check_model(proto, model)
+    graph = import_model(proto)
+    api.apply_input_shapes(graph, parse_input_shapes(input_shapes))
+    if "infer_shapes" in registry():
+        get_pass("infer_shapes")().run(graph, PassContext())
+    stats = compute_stats(graph)
+    inits = {i.name for i in proto.graph.initializer}
+    info = {
+        "path": str(model),
+        "file_bytes": Path(model).stat().st_size,
+        "ir_version": proto.ir_version,
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "opsets": {(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
+        "inputs": [_value_info(v) for v in proto.graph.input if v.name not in inits],
+        "outputs": [_value_info(v) for v in proto.graph.output],
+        **stats.to_dict(),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{model}  (IR {info['ir_version']}, {info['producer'] or 'unknown producer'}, {human_bytes(info['file_bytes'])})")
+    click.echo("opsets: " + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()))
+    for kind in ("inputs", "outputs"):
+        click.echo(f"{kind}:")
+        for v in info[kind]:
+            click.echo(f"  {v['name']}: {v['dtype']}[{', '.join(str(d) for d in v['shape'])}]")
+    click.echo(f"nodes: {stats.nodes}   parameters: {human(stats.parameters)}   weight bytes: {human_bytes(stats.constant_bytes)}   "
+               f"MACs: {human(stats.macs)}{'' if stats.macs_exact else ' (approx.: dynamic dims counted as 1)'}")
+    click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.ops.items(), key=lambda kv: (-kv[1], kv[0]))))
+    if stats.macs_by_op:
+        click.echo("MACs by op: " + ", ".join(f"{k} {human(v)}" for k, v in stats.macs_by_op.items()))
+    if stats.largest_tensors:
+        click.echo("largest tensors:")
+        for t in stats.largest_tensors:
+            click.echo(f"  {t['name']}: {t['dtype']}{t['shape']} {human_bytes(t['bytes'])}")
+
+
+# --------------------------------------------------------------------------------------------
+# verify
+
+
+@main.command()
+@click.argument("model_a", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("model_b", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--inputs", "inputs_file", type=click.Path(path_type=Path), help="Inputs (.npz: input name -> array).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Shape for synthesized inputs: NAME:1,3,224,224.")
+@click.option("--tolerance", type=float, help="Tolerance relative to max |output| (default 1e-4 for fp32).")
+@click.option("--samples", type=click.IntRange(1, 1000), default=1, show_default=True, help="Synthesized samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@handle_errors
+def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed) -> None:
+    """Run MODEL_A and MODEL_B on identical inputs and compare every output (exit 1 on mismatch)."""
+    _setup_logging(0, True)
+    from onnxslim.verify import verify as verify_models
+
+    if tolerance is not None and not tolerance > 0:
+        raise UsageError("--tolerance must be a positive number")
+    for m in (model_a, model_b):
+        api.check_model(io.load(m, load_external_data=False))
+    result = verify_models(model_a, model_b, input_shapes=parse_input_shapes(input_shapes), inputs_file=inputs_file,
+                           tolerance=tolerance, seed=seed, samples=samples)
+    if result.outputs:
+        click.echo("\n".join(_table(["output", "shape", "dtype", "max abs", "max rel", "result"],
+                                    [[o.name, str(o.shape), o.dtype, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", "ok" if o.ok else f"FAIL {o.problem}"] for o in result.outputs])))
+    click.echo(result.summary())
+    if result.status == "skipped":
+        sys.exit(EXIT_USAGE)
+    if result.status == "failed":
+        sys.exit(EXIT_VERIFY)
+
+
+# --------------------------------------------------------------------------------------------
+# passes
+
+
+@main.command(name="passes")
+@click.option("--json", "as_json", is_flag=True)
+def list_passes(as_json) -> None:
+    """List every registered pass, its description and whether it is lossy."""
+    rows = [{"name": n, "lossy": cls.lossy, "description": cls.description()} for n, cls in registry().items()]
+    if as_json:
+        click.echo(json.dumps({"default_pipeline": DEFAULT_PIPELINE, "passes": rows}, indent=2))
+        return
+    click.echo("\n".join(_table(["pass", "lossy", "description"], [[r["name"], "yes" if r["lossy"] else "no", r["description"]] for r in rows])))
+    click.echo(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Loading and saving models: external data, models over 2 GB, atomic writes, clear errors.
+
+Saving is atomic: the model (and its external-data file, if any) is written into a temporary
+folder beside the destination and then renamed into place, so a crash, a full disk or Ctrl-C
+never leaves a half-written output, and the input file is never opened for writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxslim.errors import InputModelError, OutputError
+
+TWO_GB = 2**31
+# Above this many bytes of tensor data we write weights as external data.
+EXTERNAL_DATA_THRESHOLD = TWO_GB - 64 * 2**20
+
+
+def check_input_file(path: str | os.PathLike) -> Path:
+    """Cheap checks before any work: the input exists, is a file and is not empty."""
+    path = Path(path)
+    if not path.exists():
+        raise InputModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputModelError(f"{path}: is a directory, expected an .onnx file")
+    return path
+
+
+def load(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX model; raises :class:`InputModelError` with a one-line reason on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise InputModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputModelError(f"{path}: is a directory, expected an .onnx file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputModelError(f"{path}: cannot read: {exc.strerror}") from exc
+    if size == 0:
+        raise InputModelError(f"{path}: empty file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise InputModelError(f"{path}: cannot read: {exc.strerror}") from exc
+    if head.lstrip().startswith((b"{", b"[", b"<", b"#")) or head.startswith(b"PK"):
+        raise InputModelError(f"{path}: not an ONNX model (looks like text, JSON or an archive)")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise InputModelError(f"{path}: not a valid ONNX protobuf (truncated or corrupt file)") from exc
+    except OSError as exc:
+        raise InputModelError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if not model.HasField("graph") or (not model.opset_import and not model.graph.node and not model.graph.output):
+        raise InputModelError(f"{path}: not an ONNX model (no graph)")
+    if load_external_data:
+        _check_external_data(model, path.parent)
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as exc:
+            raise InputModelError(f"{path}: cannot load external data: {exc}") from exc
+    return model
+
+
+def _check_external_data(model: onnx.ModelProto, base: Path) -> None:
+    """Fail early, with the tensor's name, when an external-data file is missing or short."""
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        info = onnx.external_data_helper.ExternalDataInfo(tensor)
+        location = (base / info.location).resolve()
+        if not str(location).startswith(str(base.resolve())):
+            raise InputModelError(f"tensor {tensor.name!r}: external data path {info.location!r} escapes the model folder")
+        if not location.is_file():
+            raise InputModelError(f"tensor {tensor.name!r}: external data file {info.location!r} not found")
+        needed = (info.offset or 0) + (info.length or 0)
+        if info.length and location.stat().st_size < needed:
+            raise InputModelError(
+                f"tensor {tensor.name!r}: external data file {info.location!r} is truncated "
+                f"({location.stat().st_size} bytes, needs {needed})"
+            )
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of raw tensor data held by the model (initializers and Constant nodes)."""
+    total = 0
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.HasField("raw_data"):
+            total += len(tensor.raw_data)
+        else:
+            total += tensor.ByteSize()
+    return total
+
+
+def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]) -> Path:
+    """Validate the destination before any work is done; never the input, folder must exist."""
+    out = Path(output)
+    for inp in inputs:
+        try:
+            if out.resolve() == Path(inp).resolve():
+                raise OutputError(f"{out}: output path is the input path; choose another -o")
+        except OSError:
+            pass
+    if out.exists() and out.is_dir():
+        raise OutputError(f"{out}: is a directory; give a file name")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"{out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{out}: folder {parent} is not writable")
+    return out
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
+    """Atomically write ``model`` to ``path``.
+
+    ``external_data``: True writes weights to ``<file name>.data`` beside the model; None decides
+    automatically (external when tensor data would push the file near protobuf's 2 GB limit).
+    """
+    path = Path(path)
+    with staged(path) as tmp_dir:
+        written = write_into(model, tmp_dir / path.name, external_data)
+        commit(tmp_dir, path, written)
+    return path
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path``, removed on exit whatever happens."""
+    parent = path.resolve().parent
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write in {parent}: {exc.strerror}") from exc
+    try:
+        yield tmp_dir
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_into(model: onnx.ModelProto, file: Path, external_data: bool | None) -> list[Path]:
+    """Write ``model`` to ``file`` (inside a staging folder); return the files written."""
+    if external_data is None:
+        external_data = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    try:
+        if external_data:
+            data_name = file.name + ".data"
+            onnx.save_model(
+                model,
+                str(file),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            files = [file, file.parent / data_name]
+            return [f for f in files if f.exists()]
+        with open(file, "wb") as fh:
+            fh.write(model.SerializeToString())
+        return [file]
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"{file.name}: disk full while writing the output") from exc
+        raise OutputError(f"{file.name}: cannot write: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # protobuf refuses messages over 2 GB
+        if not external_data:
+            return write_into(model, file, True)
+        raise OutputError(f"{file.name}: cannot serialize: {exc}") from exc
+
+
+def commit(tmp_dir: Path, dest: Path, written: list[Path]) -> None:
+    """Move staged files into place: data file first, then the model (an atomic rename each)."""
+    for f in sorted(written, key=lambda p: p == tmp_dir / dest.name):
+        target = dest.parent / (dest.name if f.name == dest.name else f.name)
+        try:
+            os.replace(f, target)
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write: {exc.strerror or exc}") from exc

@@ -1,0 +1,307 @@
+"""Numeric equivalence with onnxruntime: input synthesis, running, comparing.
+
+Both models run under onnxruntime with its graph optimizations off, on the same seeded inputs
+(or inputs the user gives in a ``.npz``). Float outputs pass when
+``max|got - want| <= tolerance * max(1, max|want|)`` (NaNs must sit at the same places);
+integer and boolean outputs must be equal.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from onnxslim.errors import InputModelError, UsageError
+from onnxslim.io import TWO_GB, save
+
+# Default tolerance per output dtype (relative to the output's magnitude).
+TOLERANCES: dict[str, float] = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+DEFAULT_TOLERANCE = 1e-4
+# Values tried for symbolic dimensions other than the first (the batch), until the model runs.
+SYMBOLIC_DIM_CANDIDATES = (8, 32, 224)
+
+ModelSource = onnx.ModelProto | str | os.PathLike
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    shape: list[int]
+    dtype: str
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    ok: bool
+    problem: str = ""
+
+
+@dataclass
+class VerificationResult:
+    """Outcome of comparing two models. ``status`` is 'passed', 'failed' or 'skipped'."""
+
+    status: str
+    samples: int = 0
+    seed: int = 0
+    outputs: list[OutputComparison] = field(default_factory=list)
+    reason: str = ""
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.status == "skipped":
+            return f"verification skipped: {self.reason}"
+        worst = max(self.outputs, key=lambda o: o.max_abs / max(o.tolerance, 1e-30), default=None)
+        detail = f"worst max_abs={worst.max_abs:.3g} on {worst.name!r}" if worst else ""
+        head = "verification passed" if self.status == "passed" else "verification FAILED"
+        tail = f": {self.reason}" if self.reason else ""
+        return f"{head} ({self.samples} sample(s), {detail}){tail}"
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _session(source: ModelSource) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
+    if isinstance(source, onnx.ModelProto):
+        if source.ByteSize() < TWO_GB - 2**20:
+            return ort.InferenceSession(source.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save(source, Path(tmp) / "model.onnx", external_data=True)
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+
+
+def _np_dtype(elem_type: int) -> np.dtype:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"cannot synthesize inputs of ONNX type {elem_type}; give inputs with --inputs file.npz") from exc
+
+
+def synthesize_inputs(
+    model: onnx.ModelProto,
+    input_shapes: dict[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    samples: int = 1,
+    symbolic_dim: int = 8,
+) -> list[dict[str, np.ndarray]]:
+    """Seeded inputs for every graph input. Symbolic dims: ``input_shapes`` first, then 1 for
+    the first axis and ``symbolic_dim`` elsewhere (dims with the same name get the same value).
+    Floats ~ N(0, 1); integers in {0, 1}; booleans random."""
+    input_shapes = dict(input_shapes or {})
+    rng = np.random.default_rng(seed)
+    shapes: dict[str, tuple[int, ...]] = {}
+    named: dict[str, int] = {}
+    for inp in _graph_inputs(model):
+        if inp.name in input_shapes:
+            shapes[inp.name] = tuple(int(d) for d in input_shapes[inp.name])
+            continue
+        if not inp.type.HasField("tensor_type"):
+            raise UsageError(f"input {inp.name!r} is not a tensor; give inputs with --inputs file.npz")
+        dims = []
+        for axis, d in enumerate(inp.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(d.dim_value)
+            else:
+                value = 1 if axis == 0 else symbolic_dim
+                if d.dim_param:
+                    value = named.setdefault(d.dim_param, value)
+                dims.append(value)
+        shapes[inp.name] = tuple(dims)
+    feeds_list = []
+    for _ in range(samples):
+        feeds = {}
+        for inp in _graph_inputs(model):
+            dtype = _np_dtype(inp.type.tensor_type.elem_type)
+            shape = shapes[inp.name]
+            if dtype.kind == "f":
+                feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind == "b":
+                feeds[inp.name] = rng.integers(0, 2, shape).astype(bool)
+            elif dtype.kind in "iu":
+                feeds[inp.name] = rng.integers(0, 2, shape).astype(dtype)
+            else:
+                raise UsageError(f"cannot synthesize inputs of dtype {dtype} for {inp.name!r}; use --inputs file.npz")
+        feeds_list.append(feeds)
+    return feeds_list
+
+
+def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    """Inputs from a ``.npz`` (input name -> array). One sample."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            feeds = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read inputs: {exc}") from exc
+    expected = {i.name for i in _graph_inputs(model)}
+    missing, extra = expected - set(feeds), set(feeds) - expected
+    if missing or extra:
+        raise UsageError(f"{path}: inputs do not match the model (missing: {sorted(missing)}, unknown: {sorted(extra)})")
+    return [feeds]
+
+
+def run(source: ModelSource, feeds_list: list[dict[str, np.ndarray]]) -> tuple[list[str], list[list[np.ndarray]]]:
+    """Run a model on each feed dict; returns output names and outputs per sample."""
+    sess = _session(source)
+    names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    results = [sess.run(names, {k: v for k, v in feeds.items() if k in wanted}) for feeds in feeds_list]
+    return names, results
+
+
+def reference_outputs(
+    original: ModelSource,
+    model: onnx.ModelProto,
+    input_shapes: dict[str, Sequence[int]] | None = None,
+    inputs_file: str | os.PathLike | None = None,
+    seed: int = 0,
+    samples: int = 1,
+) -> tuple[list[dict[str, np.ndarray]], list[str], list[list[np.ndarray]]]:
+    """Feeds and the original model's outputs on them, trying larger symbolic dims if needed."""
+    if inputs_file is not None:
+        feeds_list = load_inputs(inputs_file, model)
+        names, outs = run(original, feeds_list)
+        return feeds_list, names, outs
+    last_error: Exception | None = None
+    candidates = SYMBOLIC_DIM_CANDIDATES if _has_symbolic_dims(model, input_shapes) else SYMBOLIC_DIM_CANDIDATES[:1]
+    for dim in candidates:
+        feeds_list = synthesize_inputs(model, input_shapes, seed, samples, dim)
+        try:
+            names, outs = run(original, feeds_list)
+            return feeds_list, names, outs
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                ort.capi.onnxruntime_pybind11_state.RuntimeException) as exc:
+            last_error = exc
+    raise InputModelError(f"the original model does not run in onnxruntime on synthesized inputs: {_first_line(last_error)}")
+
+
+def _has_symbolic_dims(model: onnx.ModelProto, input_shapes: dict | None) -> bool:
+    for inp in _graph_inputs(model):
+        if input_shapes and inp.name in input_shapes:
+            continue
+        if any(not d.HasField("dim_value") for d in inp.type.tensor_type.shape.dim):
+            return True
+    return False
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc or "").strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def compare_outputs(
+    names_a: list[str],
+    want: list[list[np.ndarray]],
+    names_b: list[str],
+    got: list[list[np.ndarray]],
+    tolerance: float | None = None,
+) -> list[OutputComparison]:
+    """Compare per output name, worst case over samples."""
+    comparisons = []
+    index_b = {n: i for i, n in enumerate(names_b)}
+    for i, name in enumerate(names_a):
+        ref0 = want[0][i]
+        dtype = str(np.asarray(ref0).dtype)
+        tol = tolerance if tolerance is not None else TOLERANCES.get(dtype, DEFAULT_TOLERANCE)
+        if name not in index_b:
+            comparisons.append(OutputComparison(name, list(np.shape(ref0)), dtype, float("inf"), float("inf"), tol, False, "output missing"))
+            continue
+        max_abs = max_rel = 0.0
+        problem = ""
+        for sample_want, sample_got in zip(want, got):
+            a, b = np.asarray(sample_want[i]), np.asarray(sample_got[index_b[name]])
+            if a.shape != b.shape:
+                problem = f"shape {list(b.shape)} != {list(a.shape)}"
+                break
+            if a.dtype != b.dtype:
+                problem = f"dtype {b.dtype} != {a.dtype}"
+                break
+            if a.dtype.kind not in "fc":
+                diff = int(np.count_nonzero(a != b)) if a.size else 0
+                if diff:
+                    problem = f"{diff} element(s) differ"
+                    max_abs = max(max_abs, float(diff))
+                continue
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            nan_a, nan_b = np.isnan(a64), np.isnan(b64)
+            if not np.array_equal(nan_a, nan_b):
+                problem = "NaN positions differ"
+                max_abs = float("inf")
+                continue
+            finite = ~nan_a
+            if not finite.any():
+                continue
+            inf_mismatch = np.isinf(a64[finite]) | np.isinf(b64[finite])
+            if inf_mismatch.any() and not np.array_equal(a64[finite][inf_mismatch], b64[finite][inf_mismatch]):
+                problem = "infinite values differ"
+                max_abs = float("inf")
+                continue
+            err = np.abs(a64[finite][~inf_mismatch] - b64[finite][~inf_mismatch])
+            ref = np.abs(a64[finite][~inf_mismatch])
+            if err.size:
+                max_abs = max(max_abs, float(err.max()))
+                scale = max(1.0, float(ref.max()))
+                max_rel = max(max_rel, float(err.max()) / scale)
+        ok = not problem and max_rel <= tol
+        if not ok and not problem:
+            problem = f"max error {max_rel:.3g} (relative to max |output|) > tolerance {tol:g}"
+        comparisons.append(OutputComparison(name, list(np.shape(ref0)), dtype, max_abs, max_rel, tol, ok, problem))
+    return comparisons
+
+
+def verify(
+    original: ModelSource,
+    candidate: ModelSource,
+    *,
+    input_shapes: dict[str, Sequence[int]] | None = None,
+    inputs_file: str | os.PathLike | None = None,
+    tolerance: float | None = None,
+    seed: int = 0,
+    samples: int = 1,
+) -> VerificationResult:
+    """Run both models on the same inputs and compare every output."""
+    header = original if isinstance(original, onnx.ModelProto) else onnx.load_model(str(original), load_external_data=False)
+    try:
+        feeds_list, names_a, want = reference_outputs(original, header, input_shapes, inputs_file, seed, samples)
+    except InputModelError as exc:
+        return VerificationResult("skipped", reason=str(exc), seed=seed)
+    return verify_against(want, names_a, feeds_list, candidate, tolerance, seed)
+
+
+def verify_against(
+    want: list[list[np.ndarray]],
+    names_a: list[str],
+    feeds_list: list[dict[str, np.ndarray]],
+    candidate: ModelSource,
+    tolerance: float | None = None,
+    seed: int = 0,
+) -> VerificationResult:
+    """Compare ``candidate`` with reference outputs computed earlier (used by --verify-each)."""
+    shapes = {k: list(v.shape) for k, v in feeds_list[0].items()} if feeds_list else {}
+    try:
+        names_b, got = run(candidate, feeds_list)
+    except Exception as exc:  # onnxruntime raises several unrelated types for a broken model
+        return VerificationResult("failed", len(feeds_list), seed, [], f"optimized model does not run: {_first_line(exc)}", shapes)
+    comparisons = compare_outputs(names_a, want, names_b, got, tolerance)
+    status = "passed" if all(c.ok for c in comparisons) else "failed"
+    bad = [f"{c.name}: {c.problem}" for c in comparisons if not c.ok]
+    return VerificationResult(status, len(feeds_list), seed, comparisons, "; ".join(bad)[:500], shapes)
