@@ -1,0 +1,211 @@
+"""Fold a constant per-channel Mul / Add / Sub that follows a Conv, Gemm or MatMul into its weights.
+
+For ``y = Conv(x, W, b)`` (output channels on axis 1) and a constant ``k`` that is per output
+channel (broadcast to the output it varies at most along axis 1: shapes ``[C,1,1]``,
+``[1,C,1,1]``, ``[1]``, scalar, ...)::
+
+    y * k   ->  Conv(x, W * k[o], b * k)
+    y + k   ->  Conv(x, W, b + k)             (bias created when absent)
+    y - k   ->  Conv(x, W, b - k)
+    k - y   ->  Conv(x, -W, k - b)
+
+For ``y = Gemm(A, B, C) = alpha * A' B' + beta * C`` and ``k`` per output column (``[N]``,
+``[1,N]``, ``[1]``, scalar)::
+
+    y * k   ->  Gemm(A, B * k[n], beta * C * k), beta = 1        (B's columns: rows if transB)
+    y + k   ->  Gemm(A, B, beta * C + k), beta = 1
+    k - y   ->  Gemm(A, B, k - beta * C), alpha = -alpha, beta = 1
+
+For ``y = MatMul(A, B)`` with constant 2-D ``B`` and ``k`` per output column: ``y * k -> MatMul(A,
+B * k[n])``. (MatMul + Add becomes Gemm in ``fuse_gemm``.)
+
+A constant whose broadcast would grow the output, or that varies along any other axis (e.g.
+``[1,1,1,W]`` after a Conv), is not per channel and is left alone. Preconditions: default domain;
+constant float weight (and bias / C when present); the intermediate tensor has exactly one
+reader, in this graph, and is not a graph output. Arithmetic in float64, cast to the weight dtype.
+Chains (Conv -> Mul -> Add) fold in one run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxslim.graph import NameScope, constant_value, detach, make_constant, rank
+from onnxslim.pipeline import Pass, PassContext, PassResult
+
+_DEFAULT_DOMAINS = (None, "", "ai.onnx")
+_AFFINE_OPS = ("Mul", "Add", "Sub")
+
+
+class _Reject(Exception):
+    """A candidate does not match; the message says why (for ctx.decline)."""
+
+
+class FuseConvAffine(Pass):
+    """Fold constant per-channel Mul/Add/Sub after Conv, Gemm or MatMul into weights and bias."""
+
+    name = "fuse_conv_affine"
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        folder = _Folder(graph, NameScope(graph))
+        counters: dict[str, int] = {}
+        for node in list(graph.nodes):
+            if node.op not in ("Conv", "Gemm", "MatMul") or node.domain not in _DEFAULT_DOMAINS or not node.outputs:
+                continue
+            while (nxt := folder.sole_reader(node.outputs[0])) is not None:
+                if nxt.op not in _AFFINE_OPS or nxt.domain not in _DEFAULT_DOMAINS:
+                    break
+                if node.op == "MatMul" and nxt.op != "Mul":
+                    break  # MatMul + Add is fuse_gemm's rewrite
+                try:
+                    kind = folder.fold(node, nxt)
+                except _Reject as why:
+                    ctx.decline(self.name, where=nxt.name, reason=f"{node.op} -> {nxt.op}: {why}")
+                    break
+                counters[kind] = counters.get(kind, 0) + 1
+        return PassResult(changed=bool(counters), counters=counters)
+
+
+class _Folder:
+    def __init__(self, graph: gs.Graph, scope: NameScope):
+        self.scope = scope
+        self.local = {id(n) for n in graph.nodes}
+        self.output_ids = {id(t) for t in graph.outputs}
+
+    def sole_reader(self, tensor: gs.Tensor) -> gs.Node | None:
+        """The one node of this graph reading ``tensor``, if it is not a graph output."""
+        if id(tensor) in self.output_ids:
+            return None
+        readers = {id(n): n for n in tensor.outputs}
+        if len(readers) != 1:
+            return None
+        (node,) = readers.values()
+        return node if id(node) in self.local else None
+
+    def fold(self, node: gs.Node, affine: gs.Node) -> str:
+        y = node.outputs[0]
+        if len(affine.inputs) != 2:
+            raise _Reject("expected two inputs")
+        operand_first = affine.inputs[1] is y
+        other = affine.inputs[0] if operand_first else affine.inputs[1]
+        k = constant_value(other)
+        if other is y or k is None:
+            raise _Reject("other operand is not constant")
+        if k.dtype.kind != "f":
+            raise _Reject("constant is not floating point")
+        negate = affine.op == "Sub" and operand_first  # k - y
+        if affine.op == "Sub" and not negate:
+            k = -k.astype(np.float64)
+        if node.op == "Conv":
+            kind = self._fold_conv(node, affine.op, k, negate)
+        elif node.op == "Gemm":
+            kind = self._fold_gemm(node, affine.op, k, negate)
+        else:
+            kind = self._fold_matmul(node, affine.op, k)
+        out = affine.outputs[0]
+        detach(affine)
+        node.outputs[0] = out
+        return kind
+
+    # -- Conv ----------------------------------------------------------------------------
+
+    def _fold_conv(self, conv: gs.Node, op: str, k: np.ndarray, negate: bool) -> str:
+        weight = constant_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
+        if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
+            raise _Reject("Conv weight is not a constant float tensor")
+        channels = weight.shape[0]
+        vec = _channel_vector(k, weight.ndim, 1, channels)
+        if vec is None:
+            raise _Reject(f"constant of shape {list(k.shape)} is not per output channel")
+        bias = _optional_constant(conv, 2, "Conv bias")
+        w64 = weight.astype(np.float64)
+        b64 = np.zeros(channels) if bias is None else bias
+        if op == "Mul":
+            new_w, new_b = w64 * vec.reshape(-1, *(1,) * (weight.ndim - 1)), b64 * vec
+            bias_needed = bias is not None
+        elif negate:
+            new_w, new_b, bias_needed = -w64, vec - b64, True
+        else:
+            new_w, new_b, bias_needed = None, b64 + vec, True
+        base = conv.name or "conv"
+        if new_w is not None:
+            conv.inputs[1] = make_constant(self.scope, base + "_weight", new_w.astype(weight.dtype))
+        if bias_needed:
+            _set_input(conv, 2, make_constant(self.scope, base + "_bias", new_b.astype(weight.dtype)))
+        return "conv_mul" if op == "Mul" else "conv_add"
+
+    # -- Gemm / MatMul -------------------------------------------------------------------
+
+    def _fold_gemm(self, gemm: gs.Node, op: str, k: np.ndarray, negate: bool) -> str:
+        weight = _weight_2d(gemm)
+        trans_b = bool(gemm.attrs.get("transB", 0))
+        columns = weight.shape[0] if trans_b else weight.shape[1]
+        vec = _channel_vector(k, 2, 1, columns)
+        if vec is None:
+            raise _Reject(f"constant of shape {list(k.shape)} is not per output column")
+        c = _optional_constant(gemm, 2, "Gemm C")
+        beta = float(gemm.attrs.get("beta", 1.0))
+        bc = None if c is None or beta == 0.0 else beta * c  # what the Gemm adds today
+        base = gemm.name or "gemm"
+        if op == "Mul":
+            scale = vec[:, None] if trans_b else vec[None, :]
+            gemm.inputs[1] = make_constant(self.scope, base + "_weight", (weight * scale).astype(weight.dtype))
+            new_c = None if bc is None else bc * vec
+        elif negate:
+            gemm.attrs["alpha"] = -float(gemm.attrs.get("alpha", 1.0))
+            new_c = vec if bc is None else vec - bc
+        else:
+            new_c = vec if bc is None else bc + vec
+        if new_c is not None:
+            _set_input(gemm, 2, make_constant(self.scope, base + "_c", new_c.astype(weight.dtype)))
+            gemm.attrs["beta"] = 1.0
+        return "gemm_mul" if op == "Mul" else "gemm_add"
+
+    def _fold_matmul(self, mm: gs.Node, op: str, k: np.ndarray) -> str:
+        if op != "Mul":
+            raise _Reject("only Mul folds into a MatMul (Add is fuse_gemm's rewrite)")
+        weight = _weight_2d(mm)
+        out_rank = rank(mm.outputs[0]) or rank(mm.inputs[0])  # A's rank is the output's for a 2-D B
+        if out_rank is None:
+            out_rank = 1  # unknown: only [N], [1] and scalars are known not to grow the output
+        vec = _channel_vector(k, out_rank, out_rank - 1, weight.shape[1])
+        if vec is None:
+            raise _Reject(f"constant of shape {list(k.shape)} is not per output column (output rank {out_rank})")
+        mm.inputs[1] = make_constant(self.scope, (mm.name or "matmul") + "_weight", (weight * vec[None, :]).astype(weight.dtype))
+        return "matmul_mul"
+
+
+def _channel_vector(k: np.ndarray, out_rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """``k`` as a float64 vector over ``channels`` if broadcasting it against an output of rank
+    ``out_rank`` neither grows the output nor varies along any axis but ``axis``; else None."""
+    if out_rank < 1 or k.ndim > out_rank:
+        return None
+    shape = (1,) * (out_rank - k.ndim) + tuple(k.shape)
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(k.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
+def _weight_2d(node: gs.Node) -> np.ndarray:
+    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None or weight.ndim != 2 or weight.dtype.kind != "f":
+        raise _Reject(f"{node.op} weight is not a constant 2-D float tensor")
+    return weight
+
+
+def _optional_constant(node: gs.Node, index: int, what: str) -> np.ndarray | None:
+    """Float64 value of optional input ``index`` (None when absent); rejects a non-constant."""
+    if len(node.inputs) <= index or not node.inputs[index].name:
+        return None
+    value = constant_value(node.inputs[index])
+    if value is None:
+        raise _Reject(f"{what} is not constant")
+    return value.astype(np.float64)
+
+
+def _set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
+    if len(node.inputs) > index:
+        node.inputs[index] = tensor
+    else:
+        node.inputs.append(tensor)
