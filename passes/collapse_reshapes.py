@@ -31,6 +31,7 @@ import onnx_graphsurgeon as gs
 from onnxslim.graph import (
     NameScope,
     constant_value,
+    detach,
     is_graph_output,
     make_constant,
     opset,
@@ -59,6 +60,12 @@ def _first_producer(node: gs.Node, ops: tuple[str, ...]) -> gs.Node | None:
     if not _default_domain(first) or first.op not in ops or not first.inputs or not first.inputs[0].name:
         return None
     return first
+
+
+def _detach_if_dead(graph: gs.Graph, node: gs.Node) -> None:
+    """Disconnect ``node`` once nothing reads it, so consumer counts stay exact within a run."""
+    if all(not t.outputs and not is_graph_output(graph, t) for t in node.outputs):
+        detach(node)
 
 
 def _only_feeds(graph: gs.Graph, tensor: gs.Tensor, node: gs.Node) -> bool:
@@ -110,20 +117,28 @@ class CollapseReshapes(Pass):
         for node in list(graph.nodes):
             if not _default_domain(node) or not node.outputs or not node.outputs[0].name:
                 continue
-            if node.op == "Transpose":
-                kind = self._transpose_chain(graph, ctx, node)
-            elif node.op in SHAPE_ONLY_OPS:
-                kind = self._shape_chain(graph, ctx, node, graph_opset)
-            else:
-                kind = None
-            if kind:
+            # A merge rewires ``node`` onto an earlier op, which may merge again: repeat.
+            while True:
+                if node.op == "Transpose":
+                    kind = self._transpose_chain(graph, ctx, node)
+                elif node.op in SHAPE_ONLY_OPS:
+                    kind = self._shape_chain(graph, ctx, node, graph_opset)
+                else:
+                    kind = None
+                if not kind:
+                    break
                 counters[kind] = counters.get(kind, 0) + 1
+                if kind.endswith("_cancelled"):
+                    break
         return PassResult(changed=bool(counters), counters=counters)
 
     # ----------------------------------------------------------------------------------------
 
     def _cancel(self, graph: gs.Graph, ctx: PassContext, second: gs.Node, x: gs.Tensor, kind: str) -> str | None:
+        first = producer(second.inputs[0])
         if bypass(graph, second.outputs[0], x):
+            detach(second)
+            _detach_if_dead(graph, first)
             return kind
         ctx.decline(self.name, where=second.name, reason="the chain maps a graph input/output straight to a graph output")
         return None
@@ -142,6 +157,7 @@ class CollapseReshapes(Pass):
         allowzero = int(second.attrs.get("allowzero", 0))
         if target is not None and (allowzero or not np.any(target == 0)):
             second.inputs[0] = x
+            detach(first)
             return pair + "_merged"
         final = static_shape(second.outputs[0])
         if final is None or 0 in final:
@@ -157,6 +173,7 @@ class CollapseReshapes(Pass):
         second.inputs[0] = x
         second.inputs[1] = shape
         second.attrs.pop("allowzero", None)
+        detach(first)
         return pair + "_merged"
 
     def _transpose_chain(self, graph: gs.Graph, ctx: PassContext, second: gs.Node) -> str | None:
@@ -173,4 +190,5 @@ class CollapseReshapes(Pass):
             return None
         second.inputs[0] = x
         second.attrs["perm"] = perm
+        detach(first)
         return "transpose_transpose_merged"

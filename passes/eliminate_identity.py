@@ -43,6 +43,7 @@ import onnx_graphsurgeon as gs
 from onnxslim.graph import (
     consumers,
     constant_value,
+    detach,
     is_graph_input,
     is_graph_output,
     opset,
@@ -406,6 +407,7 @@ class EliminateIdentity(Pass):
             if not bypass(graph, node.outputs[0], verdict):
                 ctx.decline(self.name, where=where, reason="no-op between a graph input/constant and a graph output")
                 continue
+            detach(node)  # its other outputs, if any, are unused (checked by the rule)
             kind = _snake(node.op)
             counters[kind] = counters.get(kind, 0) + 1
         return PassResult(changed=bool(counters), counters=counters)
