@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ from onnxslim.graph import export_model, import_model
 from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, PassRecord, Pipeline, get_pass, parse_pipeline, registry, without_passes
 from onnxslim.report import Report, file_digest
 from onnxslim.stats import compute as compute_stats
-from onnxslim.verify import reference_outputs, verify as verify_models, verify_against
+from onnxslim.verify import VerificationResult, measure_fidelity, reference_outputs, synthesize_inputs, verify as verify_models, verify_against
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,11 @@ def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -
         raise InputModelError(f"invalid ONNX model: {str(exc).strip().splitlines()[0][:300]}") from exc
 
 
-def build_pipeline(passes: str | None = None, skip: Sequence[str] = ()) -> Pipeline:
-    steps = parse_pipeline(passes or DEFAULT_PIPELINE)
+def build_pipeline(passes: str | None = None, skip: Sequence[str] = (), extra: Sequence[str] = ()) -> Pipeline:
+    text = passes or DEFAULT_PIPELINE
+    if extra:
+        text = ",".join([text, *extra])
+    steps = parse_pipeline(text)
     if skip:
         steps = without_passes(steps, set(skip))
         if not steps:
@@ -120,27 +124,107 @@ def _context(target, device, options, input_shapes, strict) -> PassContext:
     )
 
 
-def optimize(
-    model: onnx.ModelProto | str | os.PathLike,
-    *,
-    passes: str | None = None,
-    skip: Sequence[str] = (),
-    verify: bool = True,
-    verify_each: bool = False,
-    input_shapes: dict[str, Sequence[int]] | None = None,
-    inputs_file: str | os.PathLike | None = None,
-    tolerance: float | None = None,
-    target: str = "ort",
-    device: str = "x86",
-    options: dict[str, dict[str, Any]] | None = None,
-    strict: bool = False,
+def configure_stages(
+    model: onnx.ModelProto,
+    ctx: PassContext,
+    stage_values: dict[str, Any] | None,
+    calib_data: str | os.PathLike | None = None,
+    calib_size: int | None = None,
+    holdout: int = 8,
     seed: int = 0,
-) -> tuple[onnx.ModelProto, Report]:
+) -> list[str]:
+    """Load calibration data into ``ctx`` and let every stage add its lossy steps."""
+    from onnxslim.calibration import load_calibration
+    from onnxslim.stages import stages
+
+    calibration = None
+    held: list[dict] = []
+    if calib_data is not None:
+        calibration = load_calibration(calib_data, model, calib_size)
+        calibration, held = calibration.split(min(holdout, max(0, len(calibration) // 5)))
+    ctx.data["calibration"] = calibration
+    ctx.data["holdout"] = held
+    ctx.data["seed"] = seed
+    steps: list[str] = []
+    for stage in stages():
+        steps.extend(stage.configure(dict(stage_values or {}), model, ctx))
+    return steps
+
+
+def _lossy_verification(original: Any, candidate: Any, ctx: PassContext, header: onnx.ModelProto,
+                        input_shapes, inputs_file, min_cosine: float | None, seed: int, holdout: int) -> VerificationResult:
+    """Fidelity of a lossy pipeline on held-out inputs; fails only below ``min_cosine``."""
+    from onnxslim.verify import load_inputs
+
+    feeds = list(ctx.data.get("holdout") or [])
+    if inputs_file is not None:
+        feeds = load_inputs(inputs_file, header)
+    if not feeds:
+        feeds = synthesize_inputs(header, input_shapes, seed=seed + 1, samples=holdout)
+    try:
+        fid = measure_fidelity(original, candidate, feeds)
+    except Exception as exc:  # onnxruntime raises unrelated types for a broken model
+        return VerificationResult("failed", len(feeds), seed, reason=f"model does not run: {str(exc).splitlines()[0][:300]}", mode="lossy")
+    status, reason = "measured", ""
+    if min_cosine is not None:
+        worst = min((f.cosine for f in fid), default=1.0)
+        status = "passed" if worst >= min_cosine else "failed"
+        reason = f"worst cosine {worst:.5f} vs budget {min_cosine}"
+    return VerificationResult(status, len(feeds), seed, reason=reason, mode="lossy", fidelity=fid)
+
+
+@dataclass
+class Options:
+    """Every option of an optimize run; the CLI flags map one to one (see ``onnxslim optimize -h``)."""
+
+    passes: str | None = None
+    skip: Sequence[str] = ()
+    verify: bool = True
+    verify_each: bool = False
+    input_shapes: dict[str, Sequence[int]] | None = None
+    inputs_file: str | None = None
+    tolerance: float | None = None
+    target: str = "ort"
+    device: str = "x86"
+    options: dict[str, dict[str, Any]] | None = None
+    strict: bool = False
+    seed: int = 0
+    stage_values: dict[str, Any] | None = None  # values of stage options, e.g. {"svd": "energy=0.95"}
+    calib_data: str | None = None
+    calib_size: int | None = None
+    min_cosine: float | None = None  # budget for lossy pipelines
+    holdout: int = 8  # held-out samples for measuring fidelity of lossy pipelines
+    external_data: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, (tuple, set)) else (str(v) if isinstance(v, os.PathLike) else v)
+        return out
+
+
+def _prepare(model: onnx.ModelProto, opts: Options) -> tuple[Pipeline, PassContext]:
+    ctx = _context(opts.target, opts.device, opts.options, opts.input_shapes, opts.strict)
+    extra = configure_stages(model, ctx, opts.stage_values, opts.calib_data, opts.calib_size, opts.holdout, opts.seed)
+    return build_pipeline(opts.passes, opts.skip, extra), ctx
+
+
+def _verification(original: Any, candidate: Any, pipeline: Pipeline, ctx: PassContext, header: onnx.ModelProto, opts: Options) -> VerificationResult:
+    if pipeline.lossy:
+        return _lossy_verification(original, candidate, ctx, header, opts.input_shapes, opts.inputs_file,
+                                   opts.min_cosine, opts.seed, opts.holdout)
+    return verify_models(original, candidate, input_shapes=opts.input_shapes, inputs_file=opts.inputs_file,
+                         tolerance=opts.tolerance, seed=opts.seed)
+
+
+def optimize(model: onnx.ModelProto | str | os.PathLike, **options: Any) -> tuple[onnx.ModelProto, Report]:
     """Optimize a model in memory. Returns the new model and the report.
 
-    ``model`` may be a ModelProto (left unchanged) or a path. Raises
-    :class:`VerificationFailedError` when verification is on and outputs differ.
+    ``model`` may be a ModelProto (left unchanged) or a path; ``options`` are the fields of
+    :class:`Options`. Raises :class:`VerificationFailedError` when outputs differ.
     """
+    opts = Options(**options)
     original_source: Any = model
     if not isinstance(model, onnx.ModelProto):
         original_source = str(model)
@@ -151,14 +235,16 @@ def optimize(
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         original_source, model = model, copy
-    pipeline = build_pipeline(passes, skip)
-    ctx = _context(target, device, options, input_shapes, strict)
-    report = Report(pipeline=str(pipeline), options=_options_dict(locals()))
-    hook = _VerifyEach(model, original_source, input_shapes, inputs_file, tolerance, seed) if verify_each else None
+    build_pipeline(opts.passes, opts.skip)  # usage errors before any work
+    pipeline, ctx = _prepare(model, opts)
+    report = Report(pipeline=str(pipeline), options=opts.to_dict())
+    hook = _VerifyEach(model, original_source, opts.input_shapes, opts.inputs_file, opts.tolerance, opts.seed) if opts.verify_each else None
+    header = onnx.ModelProto()
+    header.CopyFrom(model)
     out = _run(model, report, pipeline, ctx, hook)
-    if verify:
+    if opts.verify:
         start = time.perf_counter()
-        report.verification = verify_models(original_source, out, input_shapes=input_shapes, inputs_file=inputs_file, tolerance=tolerance, seed=seed)
+        report.verification = _verification(original_source, out, pipeline, ctx, header, opts)
         report.seconds["verify"] = time.perf_counter() - start
         if report.verification.status == "failed":
             raise VerificationFailedError(report.verification.summary())
@@ -177,54 +263,45 @@ def default_output(input_path: str | os.PathLike) -> Path:
     return p.with_name(stem + ".opt.onnx")
 
 
-def optimize_file(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike | None = None,
-    *,
-    passes: str | None = None,
-    skip: Sequence[str] = (),
-    verify: bool = True,
-    verify_each: bool = False,
-    input_shapes: dict[str, Sequence[int]] | None = None,
-    inputs_file: str | os.PathLike | None = None,
-    tolerance: float | None = None,
-    external_data: bool | None = None,
-    target: str = "ort",
-    device: str = "x86",
-    options: dict[str, dict[str, Any]] | None = None,
-    strict: bool = False,
-    seed: int = 0,
-) -> Report:
+def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, **options: Any) -> Report:
     """Optimize a file into another file, atomically, verifying from disk to keep memory low.
 
-    On a verification failure the output is written as ``<name>.verify-failed.onnx`` and
-    :class:`VerificationFailedError` is raised with the report attached as ``.report``.
+    ``options`` are the fields of :class:`Options`. On a verification failure the output is
+    written as ``<name>.verify-failed.onnx`` and :class:`VerificationFailedError` is raised with
+    the report attached as ``.report``.
     """
+    opts = Options(**options)
     t0 = time.perf_counter()
     io.check_input_file(input_path)
     output = Path(output_path) if output_path is not None else default_output(input_path)
     io.check_output_path(output, [input_path])
-    pipeline = build_pipeline(passes, skip)
+    build_pipeline(opts.passes, opts.skip)  # usage errors before loading a large model
     model = io.load(input_path)
     check_model(model, input_path)
-    report = Report(pipeline=str(pipeline), options=_options_dict(locals()))
+    pipeline, ctx = _prepare(model, opts)
+    report = Report(pipeline=str(pipeline), options=opts.to_dict())
     report.input = file_digest(input_path)
     report.seconds["load"] = time.perf_counter() - t0
-    ctx = _context(target, device, options, input_shapes, strict)
-    hook = _VerifyEach(model, str(input_path), input_shapes, inputs_file, tolerance, seed) if verify_each else None
+    hook = _VerifyEach(model, str(input_path), opts.input_shapes, opts.inputs_file, opts.tolerance, opts.seed) if opts.verify_each else None
     out = _run(model, report, pipeline, ctx, hook)
+    header = onnx.ModelProto()
+    header.graph.input.extend(model.graph.input)
+    input_names = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:  # names only: marks inputs that have defaults
+        if t.name in input_names:
+            header.graph.initializer.add(name=t.name)
     del model, hook
     gc.collect()
     with io.staged(output) as tmp:
         t1 = time.perf_counter()
         staged_file = tmp / output.name
-        written = io.write_into(out, staged_file, external_data)
+        written = io.write_into(out, staged_file, opts.external_data)
         del out
         gc.collect()
         report.seconds["save"] = time.perf_counter() - t1
-        if verify:
+        if opts.verify:
             t2 = time.perf_counter()
-            report.verification = verify_models(str(input_path), str(staged_file), input_shapes=input_shapes, inputs_file=inputs_file, tolerance=tolerance, seed=seed)
+            report.verification = _verification(str(input_path), str(staged_file), pipeline, ctx, header, opts)
             report.seconds["verify"] = time.perf_counter() - t2
         failed = report.verification is not None and report.verification.status == "failed"
         final = failed_output_name(output) if failed else output
@@ -241,15 +318,3 @@ def optimize_file(
     return report
 
 
-def _options_dict(local_vars: dict[str, Any]) -> dict[str, Any]:
-    keys = ("passes", "skip", "verify", "verify_each", "input_shapes", "inputs_file", "tolerance", "target", "device", "options", "strict", "seed", "external_data")
-    out = {}
-    for k in keys:
-        if k in local_vars:
-            v = local_vars[k]
-            if isinstance(v, (tuple, set)):
-                v = list(v)
-            if isinstance(v, os.PathLike):
-                v = str(v)
-            out[k] = v
-    return out

@@ -100,6 +100,17 @@ def main() -> None:
 # optimize
 
 
+def _stage_options(command):
+    """Add every stage's options (``--svd``, ``--quantize``, ...) to the optimize command."""
+    from onnxslim.stages import stages
+
+    for stage in stages():
+        for option in stage.click_options():
+            command.params.append(option)
+    return command
+
+
+@_stage_options
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default: <name>.opt.onnx beside the input).")
@@ -110,6 +121,11 @@ def main() -> None:
 @click.option("--verify-each", is_flag=True, help="Verify after every pass; name the first pass that breaks outputs.")
 @click.option("--tolerance", type=float, help="Verification tolerance relative to max |output| (default 1e-4 for fp32).")
 @click.option("--inputs", "inputs_file", type=click.Path(path_type=Path), help="Verify on these inputs (.npz: input name -> array).")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration data for lossy passes: .npz or a folder of .npy/.npz.")
+@click.option("--calib-size", type=int, help="Use at most N calibration samples.")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), help="Lossy pipelines: fail (exit 1) when an output's cosine to the original falls below this.")
+@click.option("--target", type=click.Choice(["ort", "tensorrt", "tvm"]), default="ort", show_default=True, help="Deployment target.")
+@click.option("--device", type=click.Choice(["x86", "arm", "cuda"]), default="x86", show_default=True, help="Target device.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write a machine-readable JSON report.")
 @click.option("--save-external-data", is_flag=True, default=None, help="Write weights to <output>.data (automatic above 2 GB).")
 @click.option("--strict", is_flag=True, help="Fail when an optional rewrite cannot apply.")
@@ -117,9 +133,10 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @handle_errors
-def optimize(model, output, passes, skip, input_shapes, no_verify, verify_each, tolerance, inputs_file, report_path,
-             save_external_data, strict, seed, quiet, verbose) -> None:
-    """Optimize MODEL with the cleanup pipeline and verify it against the original."""
+def optimize(model, output, passes, skip, input_shapes, no_verify, verify_each, tolerance, inputs_file, calib_data,
+             calib_size, min_cosine, target, device, report_path, save_external_data, strict, seed, quiet, verbose,
+             **stage_values) -> None:
+    """Optimize MODEL with the cleanup pipeline (plus any lossy stages asked for) and verify it."""
     _setup_logging(verbose, quiet)
     if tolerance is not None and not tolerance > 0:
         raise UsageError("--tolerance must be a positive number")
@@ -132,7 +149,9 @@ def optimize(model, output, passes, skip, input_shapes, no_verify, verify_each, 
         report = api.optimize_file(
             model, output, passes=passes, skip=_split(skip), verify=not no_verify, verify_each=verify_each,
             input_shapes=shapes, inputs_file=inputs_file, tolerance=tolerance,
-            external_data=True if save_external_data else None, strict=strict, seed=seed,
+            external_data=True if save_external_data else None, strict=strict, seed=seed, target=target,
+            device=device, calib_data=calib_data, calib_size=calib_size, min_cosine=min_cosine,
+            stage_values=stage_values,
         )
     except VerificationFailedError as exc:
         report = getattr(exc, "report", None)

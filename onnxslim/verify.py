@@ -53,6 +53,8 @@ class VerificationResult:
     outputs: list[OutputComparison] = field(default_factory=list)
     reason: str = ""
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    mode: str = "exact"  # "exact": within tolerance; "lossy": fidelity measured on held-out inputs
+    fidelity: list["OutputFidelity"] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -64,6 +66,14 @@ class VerificationResult:
     def summary(self) -> str:
         if self.status == "skipped":
             return f"verification skipped: {self.reason}"
+        if self.mode == "lossy":
+            parts = []
+            for f in self.fidelity:
+                top1 = f", top-1 agreement {f.top1_agreement:.3f}" if f.top1_agreement is not None else ""
+                parts.append(f"{f.name}: cosine {f.cosine:.5f}, SQNR {f.sqnr_db:.1f} dB, max abs {f.max_abs:.3g}{top1}")
+            head = {"passed": "fidelity within budget", "failed": "fidelity BELOW budget", "measured": "fidelity"}[self.status]
+            tail = f" ({self.reason})" if self.reason else ""
+            return f"{head} on {self.samples} held-out sample(s): " + "; ".join(parts) + tail
         worst = max(self.outputs, key=lambda o: o.max_abs / max(o.tolerance, 1e-30), default=None)
         detail = f"worst max_abs={worst.max_abs:.3g} on {worst.name!r}" if worst else ""
         head = "verification passed" if self.status == "passed" else "verification FAILED"
@@ -305,3 +315,68 @@ def verify_against(
     status = "passed" if all(c.ok for c in comparisons) else "failed"
     bad = [f"{c.name}: {c.problem}" for c in comparisons if not c.ok]
     return VerificationResult(status, len(feeds_list), seed, comparisons, "; ".join(bad)[:500], shapes)
+
+
+# --------------------------------------------------------------------------------------------
+# Fidelity of lossy pipelines
+
+
+@dataclass
+class OutputFidelity:
+    """How close a lossy model's output is to the original's (worst or mean over samples)."""
+
+    name: str
+    cosine: float  # mean cosine similarity of flattened per-sample outputs
+    sqnr_db: float  # 10*log10(sum ref^2 / sum err^2) over all samples
+    rel_l2: float  # ||err|| / ||ref|| over all samples
+    max_abs: float
+    top1_agreement: float | None = None  # for [N, classes] float outputs
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def fidelity(names: list[str], want: list[list[np.ndarray]], names_b: list[str], got: list[list[np.ndarray]]) -> list[OutputFidelity]:
+    """Per-output cosine / SQNR / relative L2 / max error / top-1 agreement across samples."""
+    index_b = {n: i for i, n in enumerate(names_b)}
+    out = []
+    for i, name in enumerate(names):
+        if name not in index_b:
+            out.append(OutputFidelity(name, 0.0, float("-inf"), float("inf"), float("inf")))
+            continue
+        cos, sig, err, max_abs, agree, total = [], 0.0, 0.0, 0.0, 0, 0
+        classes = True
+        for w_s, g_s in zip(want, got):
+            a = np.asarray(w_s[i], dtype=np.float64)
+            b = np.asarray(g_s[index_b[name]], dtype=np.float64)
+            if a.shape != b.shape:
+                cos.append(0.0)
+                err = float("inf")
+                continue
+            cos.append(_cosine(a.ravel(), b.ravel()))
+            sig += float(np.sum(a * a))
+            err += float(np.sum((a - b) ** 2))
+            max_abs = max(max_abs, float(np.max(np.abs(a - b)))) if a.size else max_abs
+            if a.ndim == 2 and a.shape[1] > 1 and np.asarray(w_s[i]).dtype.kind == "f":
+                agree += int(np.sum(a.argmax(1) == b.argmax(1)))
+                total += a.shape[0]
+            else:
+                classes = False
+        sqnr = float("inf") if err == 0 else (10 * np.log10(sig / err) if sig > 0 else float("-inf"))
+        rel = 0.0 if err == 0 else (float(np.sqrt(err / sig)) if sig > 0 else float("inf"))
+        out.append(OutputFidelity(name, float(np.mean(cos)) if cos else 1.0, float(sqnr), rel, max_abs,
+                                  (agree / total) if classes and total else None))
+    return out
+
+
+def measure_fidelity(original: ModelSource, candidate: ModelSource, feeds_list: list[dict[str, np.ndarray]]) -> list[OutputFidelity]:
+    """Run both models on ``feeds_list`` (held-out inputs) and compare them."""
+    names_a, want = run(original, feeds_list)
+    names_b, got = run(candidate, feeds_list)
+    return fidelity(names_a, want, names_b, got)
