@@ -59,6 +59,8 @@ class PassResult:
 
     changed: bool
     counters: dict[str, int | float] = field(default_factory=dict)
+    # Per-layer rows for the report (lossy passes: ranks, ranges, groups, fallbacks, ...).
+    details: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -245,6 +247,7 @@ class PassRecord:
     nodes_before: int
     nodes_after: int
     counters: dict[str, int | float]
+    details: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -316,6 +319,7 @@ class Pipeline:
             nodes_before=nodes_before,
             nodes_after=len(graph.nodes),
             counters=dict(result.counters),
+            details=list(result.details),
         )
         logger.debug("%s (round %d): changed=%s %s", p.name, round_no, record.changed, record.counters)
         if record.changed and after_pass is not None:
