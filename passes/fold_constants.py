@@ -64,7 +64,7 @@ def replace_with_constant(graph: gs.Graph, scope: NameScope, tensor: gs.Variable
     A graph output, or a tensor read inside a subgraph, stays a graph value of the same name,
     produced by a new ``Constant`` node. Otherwise an initializer takes the tensor's name.
     """
-    value = np.ascontiguousarray(value)
+    value = np.asarray(value, order="C")  # not ascontiguousarray: that turns 0-d into 1-d
     if any(t is tensor for t in graph.outputs) or any(id(n) not in graph_nodes for n in tensor.outputs):
         for node in list(tensor.inputs):
             node.outputs = [gs.Variable(scope.fresh(t.name + "__folded"), t.dtype, t.shape) if t is tensor else t for t in node.outputs]
@@ -204,7 +204,7 @@ class FoldConstants(Pass):
                 if value is None:
                     ctx.decline(self.name, where=node.name or out.name, reason="string or sparse Constant is kept as a node")
                     continue
-                const = gs.Constant(out.name, np.ascontiguousarray(value))
+                const = gs.Constant(out.name, np.asarray(value, order="C"))
             readers = list(out.outputs)
             node.outputs.clear()
             for reader in readers:

@@ -1,0 +1,94 @@
+"""eliminate_dead: dead nodes, the initializers only they read, and unused graph inputs go; inputs
+read inside subgraphs, graph outputs and passthrough inputs stay."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxslim.graph import import_model
+from onnxslim.passes.eliminate_dead import EliminateDead
+from onnxslim.pipeline import PassContext
+from tests.helpers import apply_passes, assert_equivalent, init, make_model, op_counts, vi
+
+
+def _run(model: onnx.ModelProto):
+    out, records = apply_passes(model, "eliminate_dead")
+    return out, records[-1]
+
+
+def _with_dead_branch() -> onnx.ModelProto:
+    """y = Relu(x); a dead Mul(x, W) -> Neg branch reads its own initializer W."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"]),
+        helper.make_node("Mul", ["x", "W"], ["m"]),
+        helper.make_node("Neg", ["m"], ["n"]),
+    ]
+    return make_model(nodes, [vi("x", [2, 3])], [vi("y", [2, 3])], [init("W", np.ones((2, 3), np.float32))])
+
+
+def test_dead_nodes_and_their_initializers_are_removed():
+    model = _with_dead_branch()
+    out, record = _run(model)
+    assert op_counts(model) == {"Relu": 1, "Mul": 1, "Neg": 1}
+    assert op_counts(out) == {"Relu": 1}
+    assert record.counters == {"nodes_removed": 2, "initializers_removed": 1, "inputs_removed": 0}
+    assert not out.graph.initializer
+    assert_equivalent(model, out)
+
+
+def test_unused_graph_input_is_removed():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    model = make_model(nodes, [vi("x", [2]), vi("unused", [3])], [vi("y", [2])])
+    out, record = _run(model)
+    assert [i.name for i in out.graph.input] == ["x"]
+    assert record.counters["inputs_removed"] == 1
+    assert_equivalent(model, out)
+
+
+def test_input_only_feeding_dead_nodes_is_removed_with_them():
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["z"], ["dead"])]
+    model = make_model(nodes, [vi("x", [2]), vi("z", [2])], [vi("y", [2])])
+    out, record = _run(model)
+    assert op_counts(out) == {"Relu": 1} and [i.name for i in out.graph.input] == ["x"]
+    assert record.counters["nodes_removed"] == 1 and record.counters["inputs_removed"] == 1
+
+
+def test_input_read_inside_a_subgraph_is_kept():
+    then_graph = helper.make_graph([helper.make_node("Identity", ["side"], ["t_out"])], "then", [], [vi("t_out", [2])])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["side"], ["e_out"])], "else", [], [vi("e_out", [2])])
+    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)]
+    model = make_model(nodes, [vi("cond", [], TensorProto.BOOL), vi("side", [2])], [vi("y", [2])])
+    out, record = _run(model)
+    assert not record.changed
+    assert [i.name for i in out.graph.input] == ["cond", "side"]
+    assert_equivalent(model, out, seeds=(0, 1, 2, 3))
+
+
+def test_node_feeding_a_subgraph_is_kept():
+    then_graph = helper.make_graph([helper.make_node("Identity", ["r"], ["t_out"])], "then", [], [vi("t_out", [2])])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=then_graph),
+    ]
+    model = make_model(nodes, [vi("cond", [], TensorProto.BOOL), vi("x", [2])], [vi("y", [2])])
+    out, record = _run(model)
+    assert not record.changed and op_counts(out) == {"Relu": 1, "If": 1}
+
+
+def test_passthrough_input_that_is_an_output_is_kept():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    model = make_model(nodes, [vi("x", [2]), vi("p", [2])], [vi("y", [2]), vi("p", [2])], check=False)
+    graph = import_model(model)
+    result = EliminateDead().run(graph, PassContext())
+    assert not result.changed and [t.name for t in graph.inputs] == ["x", "p"]
+
+
+def test_live_graph_is_unchanged():
+    nodes = [helper.make_node("Mul", ["x", "W"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    model = make_model(nodes, [vi("x", [2])], [vi("y", [2])], [init("W", np.ones(2, np.float32))])
+    out, record = _run(model)
+    assert not record.changed
+    assert record.counters == {"nodes_removed": 0, "initializers_removed": 0, "inputs_removed": 0}
+    assert op_counts(out) == op_counts(model) and len(out.graph.initializer) == 1
