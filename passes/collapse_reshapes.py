@@ -111,84 +111,89 @@ class CollapseReshapes(Pass):
     name = "collapse_reshapes"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        self._scope: NameScope | None = None  # built on first need, once per run
-        counters: dict[str, int] = {}
-        graph_opset = opset(graph)
+        collapser = _Collapser(graph, ctx, self.name)
         for node in list(graph.nodes):
-            if not _default_domain(node) or not node.outputs or not node.outputs[0].name:
-                continue
-            # A merge rewires ``node`` onto an earlier op, which may merge again: repeat.
-            while True:
-                if node.op == "Transpose":
-                    kind = self._transpose_chain(graph, ctx, node)
-                elif node.op in SHAPE_ONLY_OPS:
-                    kind = self._shape_chain(graph, ctx, node, graph_opset)
-                else:
-                    kind = None
-                if not kind:
-                    break
-                counters[kind] = counters.get(kind, 0) + 1
-                if kind.endswith("_cancelled"):
-                    break
-        return PassResult(changed=bool(counters), counters=counters)
+            if _default_domain(node) and node.outputs and node.outputs[0].name:
+                collapser.visit(node)
+        return PassResult(changed=bool(collapser.counters), counters=collapser.counters)
 
-    # ----------------------------------------------------------------------------------------
 
-    def _cancel(self, graph: gs.Graph, ctx: PassContext, second: gs.Node, x: gs.Tensor, kind: str) -> str | None:
-        first = producer(second.inputs[0])
-        if bypass(graph, second.outputs[0], x):
-            detach(second)
-            _detach_if_dead(graph, first)
-            return kind
-        ctx.decline(self.name, where=second.name, reason="the chain maps a graph input/output straight to a graph output")
-        return None
+class _Collapser:
+    """The state of one run: graph, context, counters and a NameScope built on first need."""
 
-    def _shape_chain(self, graph: gs.Graph, ctx: PassContext, second: gs.Node, graph_opset: int) -> str | None:
+    def __init__(self, graph: gs.Graph, ctx: PassContext, pass_name: str):
+        self.graph, self.ctx, self.pass_name = graph, ctx, pass_name
+        self.opset = opset(graph)
+        self.counters: dict[str, int] = {}
+        self._scope: NameScope | None = None
+
+    def visit(self, node: gs.Node) -> None:
+        # A merge rewires ``node`` onto an earlier op, which may merge again: repeat.
+        while True:
+            if node.op == "Transpose":
+                kind = self._transpose_chain(node)
+            elif node.op in SHAPE_ONLY_OPS:
+                kind = self._shape_chain(node)
+            else:
+                kind = None
+            if not kind:
+                return
+            self.counters[kind] = self.counters.get(kind, 0) + 1
+            if kind.endswith("_cancelled"):
+                return
+
+    def _decline(self, node: gs.Node, reason: str) -> None:
+        self.ctx.decline(self.pass_name, where=node.name or node.outputs[0].name, reason=reason)
+
+    def _cancel(self, first: gs.Node, second: gs.Node) -> bool:
+        """Readers of ``second``'s output read ``first``'s input instead."""
+        if not bypass(self.graph, second.outputs[0], first.inputs[0]):
+            self._decline(second, "cancelling the pair would map a graph input/output straight to a graph output")
+            return False
+        detach(second)
+        _detach_if_dead(self.graph, first)
+        return True
+
+    def _merge(self, first: gs.Node, second: gs.Node) -> None:
+        """``second`` reads ``first``'s input; ``first`` (read by nothing else) goes."""
+        second.inputs[0] = first.inputs[0]
+        detach(first)
+
+    def _shape_chain(self, second: gs.Node) -> str | None:
         first = _first_producer(second, SHAPE_ONLY_OPS)
         if first is None:
             return None
-        x = first.inputs[0]
         pair = f"{first.op.lower()}_{second.op.lower()}"
-        if _axes_cancel(first, second, graph_opset) or _static_cancel(first, second):
-            return self._cancel(graph, ctx, second, x, pair + "_cancelled")
-        if second.op != "Reshape" or not _only_feeds(graph, second.inputs[0], second):
+        if (_axes_cancel(first, second, self.opset) or _static_cancel(first, second)) and self._cancel(first, second):
+            return pair + "_cancelled"
+        if second.op != "Reshape" or not _only_feeds(self.graph, second.inputs[0], second):
             return None
         target = constant_value(present(second, 1))
-        allowzero = int(second.attrs.get("allowzero", 0))
-        if target is not None and (allowzero or not np.any(target == 0)):
-            second.inputs[0] = x
-            detach(first)
+        if target is not None and (int(second.attrs.get("allowzero", 0)) or not np.any(target == 0)):
+            self._merge(first, second)
             return pair + "_merged"
         final = static_shape(second.outputs[0])
         if final is None or 0 in final:
-            ctx.decline(
-                self.name,
-                where=second.name,
-                reason="the second Reshape's shape copies dims (0) of the dropped intermediate and the result shape is not static",
-            )
+            what = "copies dims (0) of the intermediate" if target is not None else "is computed"
+            self._decline(second, f"the second Reshape's shape {what} and the result shape is not static")
             return None
         if self._scope is None:
-            self._scope = NameScope(graph)
+            self._scope = NameScope(self.graph)
         shape = make_constant(self._scope, f"{second.name or 'reshape'}_shape", np.asarray(final, dtype=np.int64))
-        second.inputs[0] = x
         second.inputs[1] = shape
         second.attrs.pop("allowzero", None)
-        detach(first)
+        self._merge(first, second)
         return pair + "_merged"
 
-    def _transpose_chain(self, graph: gs.Graph, ctx: PassContext, second: gs.Node) -> str | None:
+    def _transpose_chain(self, second: gs.Node) -> str | None:
         first = _first_producer(second, ("Transpose",))
-        if first is None:
-            return None
-        perm = _compose_perms(first, second)
+        perm = None if first is None else _compose_perms(first, second)
         if perm is None:
             return None
-        x = first.inputs[0]
-        if perm == list(range(len(perm))):
-            return self._cancel(graph, ctx, second, x, "transpose_transpose_cancelled")
-        if not _only_feeds(graph, second.inputs[0], second):
+        if perm == list(range(len(perm))) and self._cancel(first, second):
+            return "transpose_transpose_cancelled"
+        if not _only_feeds(self.graph, second.inputs[0], second):
             return None
-        second.inputs[0] = x
         second.attrs["perm"] = perm
-        detach(first)
+        self._merge(first, second)
         return "transpose_transpose_merged"

@@ -246,13 +246,12 @@ def _slice_params(node: gs.Node, graph_opset: int) -> tuple[list, list, list | N
 
 
 def _slice(node: gs.Node, graph: gs.Graph) -> Verdict:
-    params = _slice_params(node, opset(graph))
-    x_shape = node.inputs[0].shape
+    params, x_shape = _slice_params(node, opset(graph)), node.inputs[0].shape
     if params is None:
         return None
     starts, ends, axes, steps = params
-    axes = normalize_axes([int(a) for a in axes] if axes is not None else list(range(len(starts))),
-                          None if x_shape is None else len(x_shape))
+    axes = [int(a) for a in axes] if axes is not None else list(range(len(starts)))
+    axes = normalize_axes(axes, None if x_shape is None else len(x_shape))
     if axes is None or len(axes) != len(starts) or len(ends) != len(starts):
         return None
     steps = steps if steps is not None else [1] * len(starts)
@@ -361,25 +360,13 @@ def _arithmetic(node: gs.Node, graph: gs.Graph) -> Verdict:
 
 
 _RULES: dict[str, Callable[[gs.Node, gs.Graph], Verdict]] = {
-    "Identity": _identity,
-    "Dropout": _dropout,
-    "Cast": _cast,
-    "CastLike": _cast_like,
-    "Reshape": _reshape,
-    "Transpose": _transpose,
-    "Expand": _expand,
-    "Slice": _slice,
-    "Pad": _pad,
-    "Tile": _tile,
-    "Concat": _concat,
-    "Split": _split,
-    "Squeeze": _squeeze,
-    "Unsqueeze": _unsqueeze,
-    "Flatten": _flatten,
-    "Resize": _resize,
-    "Upsample": _resize,
+    "Identity": _identity, "Dropout": _dropout, "Cast": _cast, "CastLike": _cast_like,
+    "Reshape": _reshape, "Transpose": _transpose, "Expand": _expand, "Slice": _slice,
+    "Pad": _pad, "Tile": _tile, "Concat": _concat, "Split": _split,
+    "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Flatten": _flatten,
+    "Resize": _resize, "Upsample": _resize,
     **{op: _arithmetic for op in _NEUTRAL},
-}
+}  # fmt: skip
 
 
 class EliminateIdentity(Pass):

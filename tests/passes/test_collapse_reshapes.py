@@ -315,3 +315,19 @@ def test_custom_domain_is_left_alone():
     out, records = apply_passes(model, "collapse_reshapes", check=False)
     assert not records[-1].changed
     assert op_counts(out) == {"Relu": 1, "Transpose": 2, "Neg": 1}
+
+
+@pytest.mark.parametrize("op", ["Reshape", "Transpose"])
+def test_inverse_pair_between_graph_input_and_output_merges_instead(op):
+    if op == "Reshape":
+        nodes = [helper.make_node(op, ["x", "k"], ["b"]), helper.make_node(op, ["b", "back"], ["y"])]
+    else:
+        nodes = [helper.make_node(op, ["x"], ["b"], perm=[1, 0]), helper.make_node(op, ["b"], ["y"], perm=[1, 0])]
+    model = make_model(nodes, [vi("x", [2, 3])], [vi("y", [2, 3])], [init("k", _i64(3, 2)), init("back", _i64(2, 3))])
+    ctx = PassContext()
+    out, record = _run(model, ctx)
+    assert record.counters == {f"{op.lower()}_{op.lower()}_merged": 1}
+    assert op_counts(out) == {op: 1}
+    assert [o.name for o in out.graph.output] == ["y"]
+    assert any(n["pass"] == "collapse_reshapes" for n in ctx.notes)
+    assert_equivalent(model, out)

@@ -112,7 +112,9 @@ POSITIVE: dict[str, tuple[str, Callable[[], onnx.ModelProto]]] = {
     ),
     "resize_sizes": (
         "resize",
-        lambda: _sandwich(_node("Resize", ["a", "", "", "sz"], mode="cubic"), shape=[1, 2, 3, 3], inits=[init("sz", _i64(1, 2, 3, 3))]),
+        lambda: _sandwich(
+            _node("Resize", ["a", "", "", "sz"], mode="cubic"), shape=[1, 2, 3, 3], inits=[init("sz", _i64(1, 2, 3, 3))]
+        ),
     ),
     "resize_sizes_axes": (
         "resize",
@@ -213,16 +215,22 @@ NEGATIVE: dict[str, Callable[[], onnx.ModelProto]] = {
     "expand_broadcasts": lambda: _sandwich(
         _node("Expand", ["a", "s"]), shape=[2, 1, 4], out_shape=[2, 3, 4], inits=[init("s", _i64(2, 3, 4))]
     ),
-    "expand_adds_rank": lambda: _sandwich(_node("Expand", ["a", "s"]), out_shape=[1, 2, 3, 4], inits=[init("s", _i64(1, 1, 1, 1))]),
+    "expand_adds_rank": lambda: _sandwich(
+        _node("Expand", ["a", "s"]), out_shape=[1, 2, 3, 4], inits=[init("s", _i64(1, 1, 1, 1))]
+    ),
     "slice_partial": lambda: _sandwich(
-        _node("Slice", ["a", "st", "en", "ax"]), out_shape=[2, 2, 4], inits=[init("st", _i64(0)), init("en", _i64(2)), init("ax", _i64(1))]
+        _node("Slice", ["a", "st", "en", "ax"]),
+        out_shape=[2, 2, 4],
+        inits=[init("st", _i64(0)), init("en", _i64(2)), init("ax", _i64(1))],
     ),
     "slice_reverse": lambda: _sandwich(
         _node("Slice", ["a", "st", "en", "ax", "sp"]),
         inits=[init("st", _i64(-1)), init("en", _i64(-INT64_MAX)), init("ax", _i64(1)), init("sp", _i64(-1))],
     ),
     "slice_unknown_dim_small_end": lambda: _sandwich(
-        _node("Slice", ["a", "st", "en", "ax"]), shape=["N", 3], out_shape=None, inits=[init("st", _i64(0)), init("en", _i64(1000)), init("ax", _i64(0))]
+        _node("Slice", ["a", "st", "en", "ax"]),
+        shape=["N", 3],
+        inits=[init("st", _i64(0)), init("en", _i64(1000)), init("ax", _i64(0))],
     ),
     "pad_nonzero": lambda: _sandwich(_node("Pad", ["a", "p"]), out_shape=[2, 3, 5], inits=[init("p", _i64(0, 0, 0, 0, 0, 1))]),
     "concat_two_inputs": lambda: _sandwich(_node("Concat", ["a", "a"], axis=0), out_shape=[4, 3, 4]),
@@ -233,7 +241,10 @@ NEGATIVE: dict[str, Callable[[], onnx.ModelProto]] = {
     "flatten_changes_shape": lambda: _sandwich(_node("Flatten", ["a"], axis=0), shape=[2, 3], out_shape=[1, 6]),
     "tile_repeats": lambda: _sandwich(_node("Tile", ["a", "r"]), out_shape=[2, 6, 4], inits=[init("r", _i64(1, 2, 1))]),
     "resize_scale_two": lambda: _sandwich(
-        _node("Resize", ["a", "", "sc"]), shape=[1, 2, 3, 3], out_shape=[1, 2, 6, 6], inits=[init("sc", np.array([1, 1, 2, 2], np.float32))]
+        _node("Resize", ["a", "", "sc"]),
+        shape=[1, 2, 3, 3],
+        out_shape=[1, 2, 6, 6],
+        inits=[init("sc", np.array([1, 1, 2, 2], np.float32))],
     ),
     "resize_tf_crop": lambda: _sandwich(
         _node("Resize", ["a", "roi", "sc"], coordinate_transformation_mode="tf_crop_and_resize", mode="linear"),
