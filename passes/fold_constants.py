@@ -32,12 +32,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+from onnxslim.errors import OnnxSlimError
 from onnxslim.graph import NameScope, constant_nbytes, constant_value, has_subgraph, is_constant, opset, producer, static_shape
-from onnxslim.passes.infer_shapes import ir_version_for
+from onnxslim.passes.infer_shapes import INLINE_LIMIT_BYTES, ir_version_for
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
@@ -100,12 +102,17 @@ class _Evaluator:
             for t in node.inputs:
                 if t.name and id(t) not in produced:
                     leaves.setdefault(t.name, t)
-        feeds = {name: self.value(t) for name, t in leaves.items()}
+        # Small constants are initializers (some kernels want constant shape-like inputs); large ones
+        # are fed at run time, so the temporary model stays small whatever the weights weigh.
+        values = {name: self.value(t) for name, t in leaves.items()}
+        small = {name: v for name, v in values.items() if v.nbytes <= INLINE_LIMIT_BYTES}
+        feeds = {name: v for name, v in values.items() if name not in small}
         inputs = [
             onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for name, v in feeds.items()
         ]
+        initializers = [onnx.numpy_helper.from_array(v, name) for name, v in small.items()]
         outputs = [onnx.helper.make_empty_tensor_value_info(t.name) for t in targets]
-        proto = onnx.helper.make_graph([OnnxExporter.export_node(n) for n in nodes], "fold", inputs, outputs)
+        proto = onnx.helper.make_graph([OnnxExporter.export_node(n) for n in nodes], "fold", inputs, outputs, initializers)
         model = onnx.helper.make_model(proto, opset_imports=self.imports)
         model.ir_version = ir_version_for(self.imports)
         options = ort.SessionOptions()
@@ -141,6 +148,8 @@ class _Evaluator:
         """One session for the whole region; node by node when that fails."""
         try:
             results = self._run(self.ancestors(targets), targets)
+        except OnnxSlimError:
+            raise
         except Exception as exc:
             logger.debug("%s: one-session evaluation failed, going node by node: %s", self.pass_name, exc)
             self.evaluate_node_by_node(targets)
@@ -235,7 +244,7 @@ class FoldConstants(Pass):
         if any(t.dtype is not None and not _numeric(t.dtype) for t in node.outputs):
             return "an output dtype has no numpy equivalent"
         if any(id(t) not in region_tensors and not _numeric(FoldConstants._leaf_dtype(t)) for t in inputs):
-            return "a constant input has no numpy dtype"
+            return "a constant input has a dtype that cannot be evaluated here (not numeric or no numpy equivalent)"
         return None
 
     def _plan(self, graph: gs.Graph, ctx: PassContext) -> tuple[list[gs.Node], dict[int, int]]:

@@ -17,16 +17,12 @@ left for dead-node cleanup once nothing reads it.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.graph import NameScope, constant_value, opset, producer
 from onnxslim.passes.fold_constants import replace_with_constant
 from onnxslim.pipeline import Pass, PassContext, PassResult
-
-logger = logging.getLogger(__name__)
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
 

@@ -108,7 +108,7 @@ def lightweight_model(graph: gs.Graph, inline_limit: int = INLINE_LIMIT_BYTES) -
     return model
 
 
-def _symbols(graph: gs.Graph, tensors: dict[str, gs.Tensor]) -> set[str]:
+def _symbols(tensors: dict[str, gs.Tensor]) -> set[str]:
     """Dimension symbols already present in the graph (a user may name a dim ``unk__0``)."""
     return {d for t in tensors.values() if t.shape is not None for d in t.shape if isinstance(d, str)}
 
@@ -162,7 +162,7 @@ class InferShapes(Pass):
             for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
             for d in vi.type.tensor_type.shape.dim
             if d.dim_param.startswith(_INVENTED_SYMBOL_PREFIX)
-        } - _symbols(graph, tensors)
+        } - _symbols(tensors)
         # Inputs too: large Constant-node outputs travel as inputs and may lack an annotation.
         found = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
         updated = sum(self._update(tensors.get(vi.name), vi, invented) for vi in found)
