@@ -284,7 +284,7 @@ def all_inputs_constant(node: gs.Node) -> bool:
 
 
 def make_constant(scope: NameScope, base: str, value: np.ndarray) -> gs.Constant:
-    return gs.Constant(scope.fresh(base), np.ascontiguousarray(value))
+    return gs.Constant(scope.fresh(base), np.asarray(value, order="C"))
 
 
 def make_node(
