@@ -142,8 +142,7 @@ class _Folder:
     # -- rewrites ------------------------------------------------------------------------
 
     def _into_conv(self, conv: gs.Node, bn: gs.Node, s: np.ndarray, t: np.ndarray) -> str:
-        weight, bias = _conv_params(conv)
-        group = int(conv.attrs.get("group", 1))
+        weight, bias, group = _conv_params(conv)
         transposed = conv.op == "ConvTranspose"
         channels = weight.shape[1] * group if transposed else weight.shape[0]
         if channels != s.size:
@@ -202,8 +201,7 @@ class _Folder:
             raise _Reject(f"auto_pad={conv.attrs['auto_pad']}")
         if any(int(p) != 0 for p in conv.attrs.get("pads", ())):
             raise _Reject("Conv pads are not zero (border windows would differ)")
-        weight, bias = _conv_params(conv)
-        group = int(conv.attrs.get("group", 1))
+        weight, bias, group = _conv_params(conv)
         if weight.shape[1] * group != s.size:
             raise _Reject(f"{s.size} BN channels but {weight.shape[1] * group} input channels")
         w64 = weight.astype(np.float64)
@@ -234,18 +232,21 @@ class _Folder:
         node.outputs[0] = y
 
 
-def _conv_params(conv: gs.Node) -> tuple[np.ndarray, np.ndarray | None]:
-    """Constant float weight and float64 bias (None when absent) of a Conv/ConvTranspose."""
+def _conv_params(conv: gs.Node) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Constant float weight, float64 bias (None when absent) and group of a Conv/ConvTranspose."""
     weight = constant_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
     if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
         raise _Reject("weight is not a constant float tensor")
+    group = int(conv.attrs.get("group", 1))
+    if group < 1 or weight.shape[0] % group:
+        raise _Reject(f"group={group} does not divide the weight's first dimension")
     bias = None
     if len(conv.inputs) > 2 and conv.inputs[2].name:
         bias = constant_value(conv.inputs[2])
         if bias is None:
             raise _Reject("bias is not constant")
         bias = bias.astype(np.float64)
-    return weight, bias
+    return weight, bias, group
 
 
 def _scale_output_channels(weight: np.ndarray, s: np.ndarray, group: int, transposed: bool) -> np.ndarray:

@@ -7,18 +7,16 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnxslim.pipeline import registry
 from tests.helpers import apply_passes, assert_equivalent, init, make_model, op_counts, vi
 
 CIN, COUT, HW = 4, 6, 5
 
 
 def _pipeline() -> str:
-    return "infer_shapes,fuse_conv_affine" if "infer_shapes" in registry() else "fuse_conv_affine"
+    return "infer_shapes,fuse_conv_affine"
 
 
 def _run(model: onnx.ModelProto):
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)  # declare value_info shapes
     out, records = apply_passes(model, _pipeline())
     return out, records[-1]
 
@@ -29,7 +27,7 @@ def _rand(shape, seed: int = 1) -> np.ndarray:
     ).astype(np.float32)
 
 
-def _conv_then(ops: list[tuple[str, tuple[int, ...], bool]], bias: bool = True, group: int = 1, out_shape=None) -> onnx.ModelProto:
+def _conv_then(ops: list[tuple[str, tuple[int, ...], bool]], bias=True, group=1, out_shape=None, check=True) -> onnx.ModelProto:
     """Conv followed by a chain of (op, constant shape, constant-first) nodes."""
     inits = [init("w", _rand((COUT, CIN // group, 3, 3)))]
     conv_inputs = ["x", "w"]
@@ -43,7 +41,7 @@ def _conv_then(ops: list[tuple[str, tuple[int, ...], bool]], bias: bool = True, 
         args = [k, f"t{i}"] if const_first else [f"t{i}", k]
         out = "y" if i == len(ops) - 1 else f"t{i + 1}"
         nodes.append(helper.make_node(op, args, [out], name=f"{op.lower()}{i}"))
-    return make_model(nodes, [vi("x", [2, CIN, HW, HW])], [vi("y", out_shape or [2, COUT, HW, HW])], inits)
+    return make_model(nodes, [vi("x", [2, CIN, HW, HW])], [vi("y", out_shape or [2, COUT, HW, HW])], inits, check=check)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,3 +200,22 @@ def test_matmul_add_is_left_to_fuse_gemm():
     out, record = _run(model)
     assert op_counts(out) == {"MatMul": 1, "Add": 1}
     assert not record.changed
+
+
+def test_conv_read_only_inside_a_subgraph_is_kept():
+    # The Conv's only reader is a Mul in an If branch: that Mul is not in the main graph.
+    model = _conv_then([("Mul", (COUT, 1, 1), False)], check=False)
+    graph = model.graph
+    del graph.node[1:]  # drop the main-graph Mul
+    k = helper.make_tensor("k_sub", onnx.TensorProto.FLOAT, [COUT, 1, 1], np.full(COUT, 2.0, np.float32))
+    out_vi = vi("o", [2, COUT, HW, HW])
+    then_g = helper.make_graph([helper.make_node("Mul", ["t0", "k_sub"], ["o"], name="mul_in_if")], "then", [], [out_vi], [k])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x2"], ["o"], name="id_in_if")], "else", [], [out_vi])
+    graph.node.append(helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then_g, else_branch=else_g))
+    graph.input.extend([vi("cond", [], onnx.TensorProto.BOOL), vi("x2", [2, COUT, HW, HW])])
+    del graph.initializer[2:]  # k0 was the Mul's
+    onnx.checker.check_model(model, full_check=True)
+    out, record = _run(model)
+    assert op_counts(out) == {"Conv": 1, "If": 1}
+    assert not record.changed
+    assert_equivalent(model, out)

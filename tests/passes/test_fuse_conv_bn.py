@@ -7,17 +7,12 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnxslim.pipeline import registry
+from onnxslim.pipeline import PassContext
 from tests.helpers import apply_passes, assert_equivalent, init, make_model, op_counts, vi
 
 
 def _pipeline() -> str:
-    return "infer_shapes,fuse_conv_bn" if "infer_shapes" in registry() else "fuse_conv_bn"
-
-
-def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Declare value_info shapes (what infer_shapes would give the pass)."""
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return "infer_shapes,fuse_conv_bn"
 
 
 def _bn_inits(prefix: str, channels: int, seed: int = 0) -> list[onnx.TensorProto]:
@@ -40,7 +35,7 @@ def _weights(shape: tuple[int, ...], seed: int = 1) -> np.ndarray:
 
 
 def _run(model: onnx.ModelProto):
-    out, records = apply_passes(_with_shapes(model), _pipeline())
+    out, records = apply_passes(model, _pipeline())
     return out, records[-1]
 
 
@@ -257,10 +252,8 @@ def test_standalone_bn_is_kept_and_declined():
         [vi("y", [2, 4, 3, 3])],
         _bn_inits("bn", 4),
     )
-    from onnxslim.pipeline import PassContext
-
     ctx = PassContext()
-    out, records = apply_passes(_with_shapes(model), _pipeline(), ctx)
+    out, records = apply_passes(model, _pipeline(), ctx)
     assert op_counts(out) == {"Relu": 1, "BatchNormalization": 1}
     assert not records[-1].changed
     assert any(n["pass"] == "fuse_conv_bn" and "standalone" in n["reason"] for n in ctx.notes)

@@ -7,18 +7,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxslim.pipeline import PassContext, registry
+from onnxslim.pipeline import PassContext
 from tests.helpers import apply_passes, assert_equivalent, init, make_model, op_counts, vi
 
 M, K, N = 3, 5, 4
 
 
 def _pipeline() -> str:
-    return "infer_shapes,fuse_gemm" if "infer_shapes" in registry() else "fuse_gemm"
+    return "infer_shapes,fuse_gemm"
 
 
 def _run(model: onnx.ModelProto, ctx: PassContext | None = None):
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)  # declare value_info shapes
     out, records = apply_passes(model, _pipeline(), ctx)
     return out, records[-1]
 

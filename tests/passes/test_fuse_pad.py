@@ -7,18 +7,16 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnxslim.pipeline import registry
 from tests.helpers import apply_passes, assert_equivalent, init, make_model, op_counts, vi
 
 C, HW = 4, 6
 
 
 def _pipeline() -> str:
-    return "infer_shapes,fuse_pad" if "infer_shapes" in registry() else "fuse_pad"
+    return "infer_shapes,fuse_pad"
 
 
 def _run(model: onnx.ModelProto):
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)  # declare value_info shapes
     out, records = apply_passes(model, _pipeline())
     return out, records[-1]
 
