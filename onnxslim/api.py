@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxslim import io
 from onnxslim.errors import InputModelError, UsageError, VerificationFailedError
-from onnxslim.graph import export_model, import_model
+from onnxslim.graph import export_model, export_parts, import_model
 from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, PassRecord, Pipeline, get_pass, parse_pipeline, registry, without_passes
 from onnxslim.report import Report, file_digest
 from onnxslim.stats import compute as compute_stats
@@ -26,11 +26,9 @@ logger = logging.getLogger(__name__)
 
 def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
     """Structural validity (SSA, topological order, known opsets) with a one-line error."""
+    _check_opsets_known(model)
     try:
-        if model.ByteSize() < io.TWO_GB - 2**20:
-            onnx.checker.check_model(model)
-        elif path is not None:
-            onnx.checker.check_model(str(path))
+        onnx.checker.check_model(io.skeleton(model))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise InputModelError(f"invalid ONNX model: {first[:300]}") from exc
@@ -38,8 +36,18 @@ def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -
         raise InputModelError(f"invalid ONNX model: {str(exc).strip().splitlines()[0][:300]}") from exc
 
 
+def _check_opsets_known(model: onnx.ModelProto) -> None:
+    """The checker accepts opset versions newer than the installed onnx; passes would misread them."""
+    _, _, onnx_max, ml_max, _ = onnx.helper.VERSION_TABLE[-1]
+    for entry in model.opset_import:
+        known = {"": onnx_max, "ai.onnx": onnx_max, "ai.onnx.ml": ml_max}.get(entry.domain)
+        if known is not None and entry.version > known:
+            raise InputModelError(f"invalid ONNX model: opset {entry.version} of domain {entry.domain or 'ai.onnx'!r} is newer "
+                                  f"than the installed onnx {onnx.__version__} knows (up to {known})")
+
+
 def build_pipeline(passes: str | None = None, skip: Sequence[str] = (), extra: Sequence[str] = ()) -> Pipeline:
-    text = passes or DEFAULT_PIPELINE
+    text = DEFAULT_PIPELINE if passes is None else passes
     if extra:
         text = ",".join([text, *extra])
     steps = parse_pipeline(text)
@@ -71,6 +79,24 @@ def apply_input_shapes(graph: gs.Graph, input_shapes: dict[str, Sequence[int]] |
         tensor.shape = [int(d) for d in shape]
 
 
+def check_inputs_file(path: str | os.PathLike, model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None) -> None:
+    """``--inputs`` must give every input with the model's dtype, rank and fixed dims (else onnxruntime fails late)."""
+    from onnxslim.verify import load_inputs
+
+    feeds = load_inputs(path, model)[0]
+    for inp in model.graph.input:
+        if inp.name not in feeds:
+            continue
+        arr, t = feeds[inp.name], inp.type.tensor_type
+        want = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else arr.dtype
+        if arr.dtype != want:
+            raise UsageError(f"--inputs {path}: {inp.name!r} is {arr.dtype}, the model expects {want}")
+        dims = list((input_shapes or {}).get(inp.name) or [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim])
+        if t.HasField("shape") and (arr.ndim != len(dims) or any(w and w != h for h, w in zip(arr.shape, dims))):
+            shown = [w if w else "?" for w in dims]
+            raise UsageError(f"--inputs {path}: {inp.name!r} has shape {list(arr.shape)}, the model expects {shown}")
+
+
 class _VerifyEach:
     """After-pass hook: verify after every changed pass; name the first pass that broke outputs."""
 
@@ -95,7 +121,8 @@ def _run(
     pipeline: Pipeline,
     ctx: PassContext,
     verify_each: _VerifyEach | None,
-) -> onnx.ModelProto:
+    streaming: bool = False,
+):
     graph = import_model(model)
     apply_input_shapes(graph, ctx.input_shapes)
     if "infer_shapes" in registry():
@@ -110,8 +137,9 @@ def _run(
             report.verify_each = verify_each.results
         report.notes = ctx.notes
     report.after = compute_stats(graph)
-    out = export_model(graph, model)
-    return out
+    if streaming:
+        return export_parts(graph, model)
+    return export_model(graph, model)
 
 
 def _context(target, device, options, input_shapes, strict) -> PassContext:
@@ -215,7 +243,7 @@ def _verification(original: Any, candidate: Any, pipeline: Pipeline, ctx: PassCo
         return _lossy_verification(original, candidate, ctx, header, opts.input_shapes, opts.inputs_file,
                                    opts.min_cosine, opts.seed, opts.holdout)
     return verify_models(original, candidate, input_shapes=opts.input_shapes, inputs_file=opts.inputs_file,
-                         tolerance=opts.tolerance, seed=opts.seed)
+                         tolerance=opts.tolerance, seed=opts.seed, header=header)
 
 
 def optimize(model: onnx.ModelProto | str | os.PathLike, **options: Any) -> tuple[onnx.ModelProto, Report]:
@@ -236,6 +264,8 @@ def optimize(model: onnx.ModelProto | str | os.PathLike, **options: Any) -> tupl
         copy.CopyFrom(model)
         original_source, model = model, copy
     build_pipeline(opts.passes, opts.skip)  # usage errors before any work
+    if opts.inputs_file is not None:
+        check_inputs_file(opts.inputs_file, model, opts.input_shapes)
     pipeline, ctx = _prepare(model, opts)
     report = Report(pipeline=str(pipeline), options=opts.to_dict())
     hook = _VerifyEach(model, original_source, opts.input_shapes, opts.inputs_file, opts.tolerance, opts.seed) if opts.verify_each else None
@@ -278,25 +308,29 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     build_pipeline(opts.passes, opts.skip)  # usage errors before loading a large model
     model = io.load(input_path)
     check_model(model, input_path)
+    if opts.inputs_file is not None:
+        check_inputs_file(opts.inputs_file, model, opts.input_shapes)
     pipeline, ctx = _prepare(model, opts)
     report = Report(pipeline=str(pipeline), options=opts.to_dict())
     report.input = file_digest(input_path)
     report.seconds["load"] = time.perf_counter() - t0
     hook = _VerifyEach(model, str(input_path), opts.input_shapes, opts.inputs_file, opts.tolerance, opts.seed) if opts.verify_each else None
-    out = _run(model, report, pipeline, ctx, hook)
+    out_header, out_initializers = _run(model, report, pipeline, ctx, hook, streaming=True)
     header = onnx.ModelProto()
     header.graph.input.extend(model.graph.input)
     input_names = {i.name for i in model.graph.input}
     for t in model.graph.initializer:  # names only: marks inputs that have defaults
         if t.name in input_names:
             header.graph.initializer.add(name=t.name)
-    del model, hook
-    gc.collect()
+    del hook
+    external = opts.external_data
+    if external is None:
+        external = report.after.constant_bytes > io.EXTERNAL_DATA_THRESHOLD
     with io.staged(output) as tmp:
         t1 = time.perf_counter()
         staged_file = tmp / output.name
-        written = io.write_into(out, staged_file, opts.external_data)
-        del out
+        written = io.write_streaming(out_header, out_initializers, staged_file, external)
+        del out_header, out_initializers, model
         gc.collect()
         report.seconds["save"] = time.perf_counter() - t1
         if opts.verify:

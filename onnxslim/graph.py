@@ -31,6 +31,50 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def export_parts(graph: gs.Graph, template: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, Iterator[onnx.TensorProto]]:
+    """Export for streaming: a model without initializers, and the initializers made one at a time.
+
+    Together they equal :func:`export_model`'s result, without ever holding a second copy of
+    the weights (see :func:`onnxslim.io.write_streaming`).
+    """
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+    from onnx_graphsurgeon.ir.tensor import SparseValues
+
+    tensor_map = graph.tensors()
+    constants = [t for t in tensor_map.values() if isinstance(t, gs.Constant)]
+    if any(isinstance(t._values, SparseValues) for t in constants):  # rare: use the plain path
+        model = export_model(graph, template)
+        inits = list(model.graph.initializer)
+        del model.graph.initializer[:]
+        return model, iter(inits)
+    io_names = {t.name for t in graph.inputs + graph.outputs}
+    nodes = [OnnxExporter.export_node(node) for node in graph.nodes]
+    inputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs]
+    outputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs]
+    value_info = [
+        OnnxExporter.export_value_info_proto(t, False)
+        for name, t in tensor_map.items()
+        if name not in io_names and isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None)
+    ]
+    proto = onnx.helper.make_graph(nodes, graph.name, inputs, outputs, [], doc_string=graph.doc_string, value_info=value_info)
+    shell = gs.Graph(opset=graph.opset, import_domains=graph.import_domains, producer_name=graph.producer_name,
+                     producer_version=graph.producer_version, ir_version=graph.ir_version, functions=graph.functions)
+    shell.nodes = []
+    model = export_model(shell, template)
+    model.graph.CopyFrom(proto)
+    # export_model on an empty shell cannot see domains used by nodes: recompute from the real graph.
+    used = {n.domain for n in graph.nodes if n.domain not in (None, "", "ai.onnx")}
+    have = {o.domain for o in model.opset_import}
+    for domain in sorted(used - have):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+
+    def initializers() -> Iterator[onnx.TensorProto]:
+        for tensor in constants:
+            yield OnnxExporter.export_tensor_proto(tensor)
+
+    return model, initializers()
+
+
 def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export a gs Graph to a ModelProto, keeping the model-level fields of ``template``.
 

@@ -79,7 +79,7 @@ def _check_external_data(model: onnx.ModelProto, base: Path) -> None:
             continue
         info = onnx.external_data_helper.ExternalDataInfo(tensor)
         location = (base / info.location).resolve()
-        if not str(location).startswith(str(base.resolve())):
+        if not location.is_relative_to(base.resolve()):
             raise InputModelError(f"tensor {tensor.name!r}: external data path {info.location!r} escapes the model folder")
         if not location.is_file():
             raise InputModelError(f"tensor {tensor.name!r}: external data file {info.location!r} not found")
@@ -186,3 +186,111 @@ def commit(tmp_dir: Path, dest: Path, written: list[Path]) -> None:
             os.replace(f, target)
         except OSError as exc:
             raise OutputError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Weight-free skeletons and streaming writes (memory ~ one copy of the weights, not three)
+
+
+def skeleton(model: onnx.ModelProto, inline_limit: int = 1024) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers above ``inline_limit`` bytes become typed graph
+    inputs: same structure (nodes, names, opsets, functions), no weight bytes. For checks."""
+    out = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(model, field))
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    out.metadata_props.extend(model.metadata_props)
+    src, g = model.graph, out.graph
+    g.name, g.doc_string = src.name, src.doc_string
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    g.sparse_initializer.extend(src.sparse_initializer)
+    declared = {i.name for i in src.input}
+    for t in src.initializer:
+        if t.ByteSize() <= inline_limit:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_MODEL_GRAPH_TAG = bytes([(7 << 3) | 2])  # ModelProto.graph, length-delimited
+_GRAPH_INITIALIZER_TAG = bytes([(5 << 3) | 2])  # GraphProto.initializer, length-delimited
+_PAGE = 4096
+
+
+def write_streaming(header: onnx.ModelProto, initializers, file: Path, external_data: bool, data_threshold: int = 1024) -> list[Path]:
+    """Write ``header`` (a model without initializers) plus ``initializers`` one at a time.
+
+    ``initializers`` is an iterable of TensorProto made on demand, so only one tensor's bytes
+    are serialized at any moment. Protobuf merges repeated occurrences of the ``graph`` field,
+    so each initializer is appended as its own small ``graph`` chunk. With ``external_data``,
+    tensors over ``data_threshold`` bytes go to ``<file name>.data`` (large ones page-aligned so
+    onnxruntime can map them).
+    """
+    data_name = file.name + ".data"
+    files = [file]
+    data_fh = None
+    try:
+        with open(file, "wb") as fh:
+            fh.write(header.SerializeToString())
+            offset = 0
+            for tensor in initializers:
+                if external_data and tensor.data_type != onnx.TensorProto.STRING and _tensor_data_size(tensor) > data_threshold:
+                    if data_fh is None:
+                        data_fh = open(file.parent / data_name, "wb")
+                        files.append(file.parent / data_name)
+                    raw = _raw_bytes(tensor)
+                    if len(raw) >= 2**20 and offset % _PAGE:
+                        pad = _PAGE - offset % _PAGE
+                        data_fh.write(b"\0" * pad)
+                        offset += pad
+                    data_fh.write(raw)
+                    stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+                    stub.data_location = onnx.TensorProto.EXTERNAL
+                    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                        entry = stub.external_data.add()
+                        entry.key, entry.value = key, value
+                    offset += len(raw)
+                    del raw
+                    tensor = stub
+                body = tensor.SerializeToString()
+                chunk = _GRAPH_INITIALIZER_TAG + _varint(len(body)) + body
+                fh.write(_MODEL_GRAPH_TAG + _varint(len(chunk)))
+                fh.write(chunk)
+                del body, chunk
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"{file.name}: disk full while writing the output") from exc
+        raise OutputError(f"{file.name}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        if data_fh is not None:
+            data_fh.close()
+    return files
+
+
+def _tensor_data_size(tensor: onnx.TensorProto) -> int:
+    return len(tensor.raw_data) if tensor.HasField("raw_data") else tensor.ByteSize()
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor).tobytes()

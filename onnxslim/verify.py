@@ -287,9 +287,15 @@ def verify(
     tolerance: float | None = None,
     seed: int = 0,
     samples: int = 1,
+    header: onnx.ModelProto | None = None,
 ) -> VerificationResult:
-    """Run both models on the same inputs and compare every output."""
-    header = original if isinstance(original, onnx.ModelProto) else onnx.load_model(str(original), load_external_data=False)
+    """Run both models on the same inputs and compare every output.
+
+    ``header``: a model proto whose graph inputs describe ``original`` (only inputs are read);
+    given, it spares parsing ``original`` again when that is a path.
+    """
+    if header is None:
+        header = original if isinstance(original, onnx.ModelProto) else onnx.load_model(str(original), load_external_data=False)
     try:
         feeds_list, names_a, want = reference_outputs(original, header, input_shapes, inputs_file, seed, samples)
     except InputModelError as exc:
