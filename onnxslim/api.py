@@ -305,6 +305,7 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     io.check_input_file(input_path)
     output = Path(output_path) if output_path is not None else default_output(input_path)
     io.check_output_path(output, [input_path])
+    io.check_not_input_data(output, input_path)
     build_pipeline(opts.passes, opts.skip)  # usage errors before loading a large model
     model = io.load(input_path)
     check_model(model, input_path)

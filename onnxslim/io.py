@@ -121,6 +121,28 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     return out
 
 
+def check_not_input_data(output: str | os.PathLike, input_path: str | os.PathLike) -> None:
+    """The output, or the ``<output>.data`` file saved beside it, must not replace a file the
+    input model reads its weights from. Parses the input's header only when one of them exists."""
+    out = Path(output).resolve()
+    existing = [p for p in (out, out.with_name(out.name + ".data")) if p.exists()]
+    if not existing:
+        return
+    try:
+        header = onnx.load_model(str(input_path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError):
+        return  # load() reports what is wrong with the input
+    base = Path(input_path).resolve().parent
+    used = {
+        (base / onnx.external_data_helper.ExternalDataInfo(t).location).resolve()
+        for t in onnx.external_data_helper._get_all_tensors(header)
+        if onnx.external_data_helper.uses_external_data(t)
+    }
+    for path in existing:
+        if path in used:
+            raise OutputError(f"{output}: saving it would overwrite {path.name}, the input's external data; choose another output name")
+
+
 def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
     """Atomically write ``model`` to ``path``.
 
