@@ -304,8 +304,11 @@ def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed
 
     if tolerance is not None and not tolerance > 0:
         raise UsageError("--tolerance must be a positive number")
-    for m in (model_a, model_b):
-        api.check_model(io.load(m, load_external_data=False))
+    headers = [io.load(m, load_external_data=False) for m in (model_a, model_b)]
+    for header in headers:
+        api.check_model(header)
+    if inputs_file is not None:  # wrong dtype or shape: a usage error, not an onnxruntime failure
+        api.check_inputs_file(inputs_file, headers[0], parse_input_shapes(input_shapes))
     result = verify_models(model_a, model_b, input_shapes=parse_input_shapes(input_shapes), inputs_file=inputs_file,
                            tolerance=tolerance, seed=seed, samples=samples)
     if result.outputs:
