@@ -1,0 +1,272 @@
+"""Fast tests of the benchmark tooling in tools/: zoo registry and CLI, input synthesis, wheel
+reading, the measuring runner, the bench's evaluation and table. No torch export, no venvs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from tests.helpers import init, make_model, vi
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
+
+import _measure  # noqa: E402
+import bench  # noqa: E402
+import bench_eval  # noqa: E402
+import bench_tools  # noqa: E402
+import zoo  # noqa: E402
+import zoo_feeds  # noqa: E402
+import zoo_wheels  # noqa: E402
+
+
+def tiny_model(path: Path | None = None):
+    """y = relu(identity(x @ W)), with a symbolic batch dimension."""
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Identity", ["h"], ["i"]),
+            helper.make_node("Relu", ["i"], ["y"]),
+        ],
+        [vi("x", ["batch", 4])],
+        [vi("y", ["batch", 3])],
+        [init("W", np.arange(12, dtype=np.float32).reshape(4, 3) / 10)],
+    )
+    if path is not None:
+        path.write_bytes(model.SerializeToString())
+    return model
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+def test_zoo_registry_names_and_files():
+    assert {"resnet50", "mobilenetv2", "efficientnet_b0", "vit_b16", "bert_base", "minilm_l6"} <= set(zoo.MODELS)
+    assert {"ppocr_det", "ppocr_rec", "ppocr_cls"} <= set(zoo.MODELS)
+    assert zoo.MODELS["resnet50"].files(["dynamo", "legacy"]) == [("resnet50.dynamo.onnx", "dynamo"), ("resnet50.legacy.onnx", "legacy")]
+    assert zoo.MODELS["ppocr_cls"].files(["dynamo", "legacy"]) == [("ppocr_cls.onnx", None)]
+    assert zoo.EXPORTERS == {"dynamo": 18, "legacy": 17}
+
+
+def test_zoo_select_models():
+    assert [m.name for m in zoo.select_models(None, quick=False)] == list(zoo.MODELS)
+    assert [m.name for m in zoo.select_models(None, quick=True)] == list(zoo.QUICK)
+    assert [m.name for m in zoo.select_models(" bert_base,resnet50 ", quick=True)] == ["bert_base", "resnet50"]
+    with pytest.raises(SystemExit, match="unknown model"):
+        zoo.select_models("resnet50,alexnet", quick=False)
+
+
+def test_zoo_args_defaults_and_list(capsys):
+    args = zoo.parse_args([])
+    assert (args.out, args.exporter, args.force, args.static) == (Path("zoo"), "both", False, False)
+    assert zoo.main(["--list", "--exporter", "legacy", "--models", "mobilenetv2,ppocr_det"]) == 0
+    out = capsys.readouterr().out
+    assert "mobilenetv2.legacy.onnx" in out and "ppocr_det.onnx" in out and "dynamo" not in out
+
+
+def test_zoo_dynamic_axes():
+    image = zoo.TorchNet(None, lambda b: (), ("input",), ("logits",))
+    text = zoo.TorchNet(None, lambda b: (), ("input_ids", "attention_mask"), ("emb",), text=True)
+    assert image.dynamic_axes() == {"input": {0: "batch"}, "logits": {0: "batch"}}
+    assert text.dynamic_axes()["attention_mask"] == {0: "batch", 1: "sequence"}
+    assert text.dynamic_axes()["emb"] == {0: "batch"}
+
+
+def test_zoo_table_and_manifest_roundtrip(tmp_path):
+    records = [
+        {"file": "a.dynamo.onnx", "nodes": 12, "bytes": 2_500_000, "build_s": 1.25, "status": "built"},
+        {"file": "b.onnx", "build_s": None, "status": "error: ValueError: boom"},
+    ]
+    table = zoo.render_table(records).splitlines()
+    assert table[2] == "| a.dynamo.onnx | 12 | 2.5 | 1.2 | built |"
+    assert table[3] == "| b.onnx |  |  |  | error: ValueError: boom |"
+    zoo.save_manifest(tmp_path, {"files": {"a.dynamo.onnx": records[0]}})
+    assert zoo.load_manifest(tmp_path)["files"]["a.dynamo.onnx"]["nodes"] == 12
+    assert zoo.load_manifest(tmp_path / "missing") == {"files": {}}
+
+
+def test_zoo_present_files_are_kept(tmp_path, capsys):
+    tiny_model(tmp_path / "ppocr_cls.onnx")
+    assert zoo.main(["--out", str(tmp_path), "--models", "ppocr_cls"]) == 0
+    assert "| ppocr_cls.onnx |" in (out := capsys.readouterr().out) and out.rstrip().endswith("| present |")
+
+
+# --------------------------------------------------------------------------- feeds, wheels
+
+
+def test_feeds_shapes_and_text_inputs():
+    model = make_model(
+        [helper.make_node("Cast", ["input_ids"], ["y"], to=TensorProto.FLOAT), helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["token_type_ids"], ["t"], to=TensorProto.FLOAT), helper.make_node("Identity", ["img"], ["i"])],
+        [vi("input_ids", ["batch", "sequence"], TensorProto.INT64), vi("attention_mask", ["batch", "sequence"], TensorProto.INT64),
+         vi("token_type_ids", ["batch", "sequence"], TensorProto.INT64), vi("img", [None, 3, "h", "w"])],
+        [vi("y", ["batch", "sequence"]), vi("m", ["batch", "sequence"]), vi("t", ["batch", "sequence"]), vi("i", [None, 3, "h", "w"])],
+    )
+    feeds = zoo_feeds.synthesize_feeds(model, shapes={"img": [1, 3, 8, 8]}, dims={"batch": 2, "sequence": 8}, ranges={"input_ids": [5, 9]})
+    assert feeds["input_ids"].shape == (2, 8) and feeds["input_ids"].dtype == np.int64
+    assert feeds["input_ids"].min() >= 5 and feeds["input_ids"].max() < 9
+    assert feeds["attention_mask"].tolist() == [[1] * 6 + [0] * 2] * 2
+    assert not feeds["token_type_ids"].any()
+    assert feeds["img"].shape == (1, 3, 8, 8) and feeds["img"].dtype == np.float32
+    again = zoo_feeds.synthesize_feeds(model, shapes={"img": [1, 3, 8, 8]}, dims={"batch": 2, "sequence": 8}, ranges={"input_ids": [5, 9]})
+    assert np.array_equal(feeds["img"], again["img"])
+
+
+def test_feeds_text_image():
+    model = make_model([helper.make_node("Identity", ["x"], ["y"])], [vi("x", [None, 3, 48, 96])], [vi("y", [None, 3, 48, 96])])
+    feeds = zoo_feeds.synthesize_feeds(model, text_image={"mean": [0.5] * 3, "std": [0.5] * 3})
+    image = feeds["x"]
+    assert image.shape == (1, 3, 48, 96) and image.dtype == np.float32
+    pytest.importorskip("PIL")
+    assert image.max() == pytest.approx(1.0) and image.min() < -0.5  # white page, black glyphs
+
+
+def test_feeds_unknown_dims_default_to_one():
+    feeds = zoo_feeds.synthesize_feeds(tiny_model())
+    assert feeds["x"].shape == (1, 4)
+
+
+def test_wheel_file_read_from_cached_wheel(tmp_path):
+    wheel = tmp_path / "some_pkg-1.2.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("some_pkg/models/m.onnx", b"bytes")
+    assert zoo_wheels.read_package_file("some-pkg", "1.2.3", "some_pkg/models/m.onnx", tmp_path) == b"bytes"
+    with pytest.raises(zoo_wheels.WheelError, match="not in"):
+        zoo_wheels.read_package_file("some-pkg", "1.2.3", "some_pkg/other.onnx", tmp_path)
+
+
+def test_safetensors_reader():
+    torch = pytest.importorskip("torch")
+    import io
+    import zoo_nets
+
+    data = np.arange(6, dtype=np.float32).tobytes() + np.array([7], np.int64).tobytes()
+    header = json.dumps({"__metadata__": {}, "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+                         "i": {"dtype": "I64", "shape": [1], "data_offsets": [24, 32]}}).encode()
+    blob = len(header).to_bytes(8, "little") + header + data
+    tensors = zoo_nets.read_safetensors(io.BytesIO(blob))
+    assert torch.equal(tensors["w"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert tensors["i"].tolist() == [7]
+
+
+# --------------------------------------------------------------------------- measuring runner
+
+
+def test_measure_reports_peak_rss_and_time():
+    result = _measure.run_measured([sys.executable, "-c", "b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+    assert result.ok and result.returncode == 0
+    assert 150 <= result.peak_rss_mb < 400
+    assert 0 < result.wall_s < 10
+
+
+def test_measure_failures_are_data():
+    failed = _measure.run_measured([sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"])
+    assert (failed.returncode, failed.ok, failed.error_line()) == (3, False, "exit 3: boom")
+    missing = _measure.run_measured(["/nonexistent/tool"])
+    assert missing.returncode == 127 and "No such file" in missing.stderr_tail
+    slow = _measure.run_measured([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+    assert slow.timed_out and slow.wall_s < 10 and slow.error_line().startswith("timed out")
+
+
+def test_measure_cli_prints_json():
+    done = subprocess.run([sys.executable, str(TOOLS / "_measure.py"), "--", sys.executable, "-c", "print('hi')"], capture_output=True, text=True)
+    result = json.loads(done.stdout)
+    assert result["returncode"] == 0 and result["stdout_tail"] == "hi\n" and result["peak_rss_mb"] > 0
+
+
+# --------------------------------------------------------------------------- bench pieces
+
+
+def test_compare_outputs():
+    ref = {"y": np.array([1.0, 2.0, np.nan], np.float32)}
+    assert bench_eval.compare(ref, ["y"], [np.array([1.0, 2.0, np.nan], np.float32)]) == {"max_abs_diff": 0.0, "match": True}
+    close = bench_eval.compare(ref, ["renamed"], [np.array([1.0, 2.00001, np.nan], np.float32)])
+    assert close["match"] and close["max_abs_diff"] == pytest.approx(1e-5, rel=0.1)
+    assert not bench_eval.compare(ref, ["y"], [np.array([1.0, 2.5, np.nan], np.float32)])["match"]
+    assert bench_eval.compare(ref, ["y"], [np.array([1.0, 2.0, 0.0], np.float32)])["max_abs_diff"] == np.inf
+    assert "shape" in bench_eval.compare(ref, ["y"], [np.zeros(2, np.float32)])["note"]
+    assert "2 outputs" in bench_eval.compare(ref, ["y", "z"], [np.zeros(3), np.zeros(3)])["note"]
+
+
+def test_arrays_roundtrip_with_awkward_names(tmp_path):
+    arrays = {"file": np.ones(2), "a/b:0": np.arange(3), "save_infer_model/scale_0.tmp_1": np.zeros((1, 2), np.float32)}
+    bench_eval.save_arrays(tmp_path / "x.npz", arrays)
+    loaded = bench_eval.load_arrays(tmp_path / "x.npz")
+    assert list(loaded) == list(arrays) and all(np.array_equal(loaded[k], arrays[k]) for k in arrays)
+
+
+def test_render_markdown():
+    rows = [
+        bench.Row("m", "input", nodes=100, bytes=2_000_000, latency_ms=10.0),
+        bench.Row("m", "ours", nodes=80, bytes=1_900_000, wall_s=1.23, peak_rss_mb=210.4, latency_ms=8.0, max_abs_diff=1e-6, match=True),
+        bench.Row("m", "peer", nodes=90, wall_s=2.0, peak_rss_mb=300.0, latency_ms=12.5, max_abs_diff=0.5, match=False),
+        bench.Row("m", "broken", status="error: exit 1: ValueError: a|b"),
+    ]
+    lines = bench.render_markdown(rows, {"threads": 1, "runs": 5}).splitlines()
+    assert lines[2].startswith("| model | tool | nodes | Δ nodes |")
+    assert lines[4] == "| m | input | 100 |  | 2.0 |  |  | 10.00 |  |  |  | ok |"
+    assert lines[5] == "| m | ours | 80 | -20 | 1.9 | 1.2 | 210 | 8.00 | 1.25x | 1.0e-06 | yes | ok |"
+    assert "| 0.80x | 5.0e-01 | NO | ok |" in lines[6]
+    assert lines[7].endswith("| error: exit 1: ValueError: a\\|b |")
+
+
+def test_error_line_prefers_the_exception():
+    measured = {"timed_out": False, "returncode": 1, "stdout_tail": "", "stderr_tail": "Traceback\n  File x\nRuntimeError: bad attr\n==> Context: node 3\n"}
+    assert bench.error_line(measured) == "exit 1: RuntimeError: bad attr"
+    assert bench.error_line({**measured, "stderr_tail": "just words\n"}) == "exit 1: just words"
+    assert bench.error_line({**measured, "timed_out": True, "wall_s": 60.2}) == "timed out after 60 s"
+
+
+def test_tools_commands_and_env(tmp_path, monkeypatch):
+    assert [t.name for t in bench_tools.select_tools(None)] == ["ours", "onnxslim-peer", "onnxsim", "onnxoptimizer", "ort-basic"]
+    with pytest.raises(SystemExit):
+        bench_tools.select_tools("ours,nope")
+    src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    ours = bench_tools.tool_command(bench_tools.TOOLS["ours"], tmp_path, src, dst, tmp_path)
+    assert ours[0] == sys.executable and ours[3:] == ["optimize", str(src), "-o", str(dst), "--no-verify", "--report", str(tmp_path / "out.report.json")]
+    peer = bench_tools.tool_command(bench_tools.TOOLS["onnxslim-peer"], tmp_path, src, dst, tmp_path)
+    assert peer == [str(tmp_path / "onnxslim-peer" / "bin" / "onnxslim"), str(src), str(dst)]
+    assert all("==" in r for t in bench_tools.TOOLS.values() for r in t.requirements)
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    assert "PYTHONPATH" not in bench_tools.peer_env()
+
+
+def test_ensure_venv_skips_when_pins_match(tmp_path):
+    tool = bench_tools.TOOLS["onnxsim"]
+    stamp = bench_tools.venv_dir(tool, tmp_path) / "bench-requirements.txt"
+    stamp.parent.mkdir()
+    stamp.write_text("\n".join(tool.requirements) + "\n")
+    bench_tools.ensure_venv(tool, tmp_path)  # would need the network if it did not skip
+    bench_tools.ensure_venv(bench_tools.TOOLS["ort-basic"], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnxsim"]
+
+
+def test_resolve_models_and_spec(tmp_path):
+    tiny_model(tmp_path / "a.dynamo.onnx")
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"a.dynamo.onnx": {"shapes": {"x": [2, 4]}, "nodes": 3}}}))
+    assert bench.resolve_models([], tmp_path, quick=False) == [tmp_path / "a.dynamo.onnx"]
+    assert bench.resolve_models(["a.dynamo"], tmp_path, quick=False) == [tmp_path / "a.dynamo.onnx"]
+    with pytest.raises(SystemExit, match="zoo.py --quick"):
+        bench.resolve_models([], tmp_path, quick=True)
+    with pytest.raises(SystemExit, match="not found"):
+        bench.resolve_models(["b"], tmp_path, quick=False)
+    assert bench.model_spec(tmp_path / "a.dynamo.onnx") == {"shapes": {"x": [2, 4]}}
+
+
+def test_bench_end_to_end_with_ort_basic(tmp_path):
+    tiny_model(tmp_path / "tiny.onnx")
+    md, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    code = bench.main([str(tmp_path / "tiny.onnx"), "--tools", "ort-basic", "--out", str(tmp_path / "out"), "--runs", "2", "--md", str(md), "--json", str(js)])
+    assert code == 0
+    rows = json.loads(js.read_text())["rows"]
+    assert [(r["tool"], r["status"], r["nodes"]) for r in rows] == [("input", "ok", 3), ("ort-basic", "ok", 2)]
+    assert rows[1]["match"] is True and rows[1]["max_abs_diff"] == 0.0 and rows[1]["latency_ms"] > 0
+    assert rows[1]["peak_rss_mb"] > 10 and rows[1]["wall_s"] > 0
+    assert "| tiny | ort-basic | 2 | -1 |" in md.read_text()
