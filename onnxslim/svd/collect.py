@@ -1,0 +1,109 @@
+"""Activation second moments for many layers from one onnxruntime session.
+
+Every requested activation is streamed batch by batch through :class:`Moments` accumulators
+(``sum x x^T``, ``sum x``, count): memory is one batch of activations plus K x K per distinct
+(activation, layout), independent of the number of samples. Layers reading the same activation
+the same way (e.g. the Q, K and V projections) share one accumulator.
+
+An optional cache (a plain dict the caller keeps, ``ctx.data["svd_cache"]``) lets a sweep that
+runs the pass many times on the same model and data reuse the statistics and decompositions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxslim.calibration import ActivationCollector, CalibrationSet
+from onnxslim.graph import export_model
+from onnxslim.svd.linalg import Moments
+from onnxslim.svd.sites import Layout, rows
+
+logger = logging.getLogger(__name__)
+
+StatsKey = tuple[str, Layout]
+Feeds = dict[str, np.ndarray]
+
+
+def _regroup(samples: Iterable[Feeds], size: int) -> Iterator[Feeds]:
+    pending: list[Feeds] = []
+    count = 0
+    for sample in samples:
+        pending.append(sample)
+        count += int(next(iter(sample.values())).shape[0]) if sample else 0
+        if count >= size:
+            yield {k: np.concatenate([s[k] for s in pending], axis=0) for k in pending[0]}
+            pending, count = [], 0
+    if pending:
+        yield {k: np.concatenate([s[k] for s in pending], axis=0) for k in pending[0]}
+
+
+def _batches(source: CalibrationSet | list[Feeds], size: int, exact: bool) -> Iterator[Feeds]:
+    """Batches of ``size`` samples; with ``exact`` (fixed-batch models) short batches are dropped."""
+    stream = source.batches(size) if isinstance(source, CalibrationSet) else _regroup(source, size)
+    for feeds in stream:
+        count = int(next(iter(feeds.values())).shape[0]) if feeds else 0
+        if exact and count != size:
+            logger.info("factorize_svd: dropped a batch of %d samples (the model takes batches of %d)", count, size)
+            continue
+        yield feeds
+
+
+def collect_moments(
+    graph: gs.Graph,
+    requests: dict[StatsKey, int],
+    calibration: CalibrationSet,
+    holdout: list[Feeds],
+    batch_size: int,
+) -> tuple[dict[StatsKey, Moments], dict[StatsKey, Moments]]:
+    """Moments of every requested (activation name, layout) -> K, on calibration and held-out data."""
+    names = sorted({name for name, _ in requests})
+    by_name: dict[str, list[StatsKey]] = {}
+    for key in requests:
+        by_name.setdefault(key[0], []).append(key)
+    collector = ActivationCollector(export_model(graph.copy()), names)
+    size = collector.fixed_batch or batch_size
+    exact = collector.fixed_batch is not None
+
+    def into(store: dict[StatsKey, Moments]):
+        def observe(name: str, value: np.ndarray) -> None:
+            for key in by_name.get(name, ()):
+                store[key].add(rows(key[1], value))
+
+        return observe
+
+    calib = {key: Moments(k) for key, k in requests.items()}
+    seen = collector.collect(_batches(calibration, size, exact), into(calib))
+    held = {key: Moments(k) for key, k in requests.items()}
+    held_seen = collector.collect(_batches(holdout, size, exact), into(held)) if holdout else 0
+    logger.info("factorize_svd: activation statistics of %d tensors from %d calibration and %d held-out samples",
+                len(names), seen, held_seen)
+    return calib, (held if held_seen else {})
+
+
+class Cache:
+    """View of the caller's cache dict for one calibration/held-out pair (kept alive by the cache)."""
+
+    def __init__(self, store: dict | None, calibration: Any, holdout: Any):
+        self.store = store
+        if store is not None:
+            refs = store.setdefault("_sources", [])
+            for obj in (calibration, holdout):
+                if obj is not None and not any(r is obj for r in refs):
+                    refs.append(obj)
+        self.token = (id(calibration), id(holdout))
+
+    def get(self, key: tuple) -> Any:
+        return None if self.store is None else self.store.get((self.token, key))
+
+    def put(self, key: tuple, value: Any) -> None:
+        if self.store is not None:
+            self.store[(self.token, key)] = value
+
+
+def weight_digest(weight: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(weight).tobytes(), digest_size=16).hexdigest()
