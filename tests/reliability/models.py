@@ -187,3 +187,64 @@ def no_graph() -> onnx.ModelProto:
 def tensor_proto_bytes() -> bytes:
     """A serialized TensorProto: valid protobuf, but not a model."""
     return numpy_helper.from_array(np.arange(64, dtype=np.float32), "t").SerializeToString()
+
+
+def zoo_like(blocks: int = 6, channels: int = 16, seed: int = 4) -> onnx.ModelProto:
+    """A ResNet-like net carrying the clutter exporters leave, so that most cleanup passes fire.
+
+    Per block: Identity, Pad before a valid Conv, Conv+BatchNormalization+Relu, Conv followed by a
+    per-channel Mul and Add, a duplicated Relu pair (common subexpression), a Transpose pair that
+    cancels, a Reshape round trip, Dropout, a dead Sigmoid branch and a residual Add. Head: a
+    Shape->Gather->Unsqueeze->Concat->Reshape flatten and MatMul+Add.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    c, hw = channels, 8
+
+    def const(name, array, as_node=False):
+        if as_node:
+            nodes.append(helper.make_node("Constant", [], [name], name=f"{name}.Constant", value=numpy_helper.from_array(array)))
+        else:
+            inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def conv_w(tag, k):
+        return const(f"{tag}.w", (rng.standard_normal((c, c, k, k)) * np.sqrt(2.0 / (c * k * k))).astype(np.float32))
+
+    def vec(tag, lo, hi, shape=(c,)):
+        return const(tag, rng.uniform(lo, hi, shape).astype(np.float32))
+
+    def add(op, inputs, out, **attrs):
+        nodes.append(helper.make_node(op, inputs, [out], name=f"{out}.{op}", **attrs))
+        return out
+
+    x = add("Conv", ["input", const("stem.w", (rng.standard_normal((c, 3, 3, 3)) * 0.3).astype(np.float32))], "stem", pads=[1] * 4)
+    for i in range(blocks):
+        t = f"b{i}"
+        y = add("Identity", [x], f"{t}.id")
+        y = add("Pad", [y, const(f"{t}.pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), as_node=True)], f"{t}.pad")
+        y = add("Conv", [y, conv_w(f"{t}.c1", 3)], f"{t}.c1")
+        bn = [vec(f"{t}.bn.{p}", lo, hi) for p, lo, hi in (("g", 0.5, 1.5), ("b", -0.1, 0.1), ("m", -0.1, 0.1), ("v", 0.5, 1.5))]
+        y = add("BatchNormalization", [y, *bn], f"{t}.bn", epsilon=1e-5)
+        y = add("Relu", [y], f"{t}.r1")
+        y = add("Conv", [y, conv_w(f"{t}.c2", 1)], f"{t}.c2")
+        y = add("Mul", [y, vec(f"{t}.scale", 0.5, 1.5, (c, 1, 1))], f"{t}.mul")
+        y = add("Add", [y, vec(f"{t}.shift", -0.1, 0.1, (1, c, 1, 1))], f"{t}.shifted")
+        a, b = add("Relu", [y], f"{t}.ra"), add("Relu", [y], f"{t}.rb")
+        y = add("Add", [a, b], f"{t}.dup")
+        y = add("Transpose", [y], f"{t}.t1", perm=[0, 2, 3, 1])
+        y = add("Transpose", [y], f"{t}.t2", perm=[0, 3, 1, 2])
+        y = add("Reshape", [y, const(f"{t}.flat_spec", np.array([1, -1], np.int64))], f"{t}.flat")
+        y = add("Reshape", [y, const(f"{t}.back_spec", np.array([1, c, hw, hw], np.int64), as_node=True)], f"{t}.back")
+        y = add("Dropout", [y], f"{t}.drop")
+        add("Sigmoid", [y], f"{t}.dead")
+        x = add("Add", [x, y], f"{t}.res")
+    x = add("GlobalAveragePool", [x], "gap")
+    s = add("Shape", [x], "shape")
+    n = add("Gather", [s, const("zero", np.array(0, np.int64), as_node=True)], "batch", axis=0)
+    n = add("Unsqueeze", [n, const("axes0", np.array([0], np.int64))], "batch1")
+    spec = add("Concat", [n, const("minus1", np.array([-1], np.int64), as_node=True)], "flat_shape", axis=0)
+    x = add("Reshape", [x, spec], "flat")
+    x = add("MatMul", [x, const("fc.w", (rng.standard_normal((c, 10)) * 0.3).astype(np.float32))], "fc.mm")
+    add("Add", [x, vec("fc.b", -0.1, 0.1, (10,))], "logits")
+    return make_model(nodes, [vi("input", [1, 3, hw, hw])], [vi("logits", [1, 10])], inits)
