@@ -1,0 +1,163 @@
+"""Streaming tensor statistics on a canonical grid: exact min/max plus a mergeable histogram.
+
+Batch invariance without a second pass over the data
+----------------------------------------------------
+A value ``x`` falls in the signed bin ``k = floor(x / w)`` of a grid whose width ``w = 2**e`` is a
+power of two; the grid keeps ``2 * H`` bins, ``k`` in ``[-H, H)``. Because ``w`` is a power of two,
+``x / w`` is exact in floating point, and the bin of ``x`` on the grid twice as wide is
+``floor(k / 2)`` (an arithmetic shift). When a batch arrives with a larger magnitude than the grid
+covers, the grid is coarsened by shifting the existing counts, which gives exactly the counts the
+coarse grid would have had from the start. The final histogram therefore depends only on the
+multiset of values seen, never on how they were batched or chunked, and one pass is enough.
+
+``H = 2 * bins``: the smallest grid that holds ``max |x|`` covers it with at least ``bins`` bins on
+its side, so a method asking for 2048 bins gets between 2048 and 4096 bins over ``[0, max |x|]``.
+Non-finite values are left out of the histogram and counted apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MIN_EXPONENT = -120  # grids finer than 2**-120 are never needed (values that small are zeros)
+
+
+@dataclass
+class TensorStats:
+    """Exact min/max and a canonical-grid histogram of every value observed for a tensor."""
+
+    bins: int = 2048
+    histogram: bool = True
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    count: int = 0
+    nonfinite: int = 0
+    exponent: int | None = None  # bin width is 2**exponent
+    counts: np.ndarray | None = field(default=None, repr=False)  # int64, 4*bins, index k + 2*bins
+
+    @property
+    def half(self) -> int:
+        return 2 * self.bins
+
+    @property
+    def width(self) -> float:
+        return math.ldexp(1.0, self.exponent) if self.exponent is not None else 0.0
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0
+
+    # ---------------------------------------------------------------------------------------
+    # Updating
+
+    def update(self, values: np.ndarray) -> None:
+        x = np.asarray(values)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float32)
+        x = x.reshape(-1)
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(x)
+            self.nonfinite += int(x.size - np.count_nonzero(finite))
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
+        self.minimum = min(self.minimum, lo)
+        self.maximum = max(self.maximum, hi)
+        self.count += int(x.size)
+        if not self.histogram:
+            return
+        self._grow_to(max(abs(lo), abs(hi)))
+        self._add(x)
+
+    def _required_exponent(self, magnitude: float) -> int:
+        # Smallest e with magnitude < H * 2**e.
+        _, e = math.frexp(magnitude / self.half) if magnitude > 0 else (0.0, MIN_EXPONENT)
+        return max(e, MIN_EXPONENT)
+
+    def _grow_to(self, magnitude: float) -> None:
+        need = self._required_exponent(magnitude)
+        if self.exponent is None:
+            self.exponent = need
+            self.counts = np.zeros(2 * self.half, dtype=np.int64)
+        elif need > self.exponent:
+            self._coarsen(need - self.exponent)
+
+    def _coarsen(self, shift: int) -> None:
+        """Re-express counts on a grid 2**shift times wider (exact)."""
+        assert self.counts is not None and self.exponent is not None
+        k = np.arange(-self.half, self.half, dtype=np.int64) >> min(shift, 62)
+        merged = np.zeros_like(self.counts)
+        np.add.at(merged, k + self.half, self.counts)
+        self.counts = merged
+        self.exponent += shift
+
+    def _add(self, x: np.ndarray) -> None:
+        assert self.counts is not None and self.exponent is not None
+        e = self.exponent
+        if -126 < -e < 127:
+            scaled = x.astype(np.float32, copy=False) * np.float32(math.ldexp(1.0, -e))
+        else:  # the scale factor is outside float32's normal range
+            scaled = x.astype(np.float64) * math.ldexp(1.0, -e)
+        np.floor(scaled, out=scaled)
+        index = scaled.astype(np.intp)
+        index += self.half
+        np.clip(index, 0, 2 * self.half - 1, out=index)  # guards float rounding at the very edge
+        self.counts += np.bincount(index, minlength=2 * self.half)
+
+    # ---------------------------------------------------------------------------------------
+    # Combining
+
+    def merge(self, other: "TensorStats") -> "TensorStats":
+        """A new TensorStats holding the values of both (exact)."""
+        if other.bins != self.bins:
+            raise ValueError("cannot merge histograms with different bin counts")
+        out = TensorStats(self.bins, self.histogram and other.histogram)
+        out.minimum = min(self.minimum, other.minimum)
+        out.maximum = max(self.maximum, other.maximum)
+        out.count = self.count + other.count
+        out.nonfinite = self.nonfinite + other.nonfinite
+        if out.histogram:
+            for part in (self, other):
+                if part.exponent is None:
+                    continue
+                if out.exponent is None:
+                    out.exponent, out.counts = part.exponent, part.counts.copy()
+                    continue
+                if part.exponent > out.exponent:
+                    out._coarsen(part.exponent - out.exponent)
+                counts = part.counts
+                if part.exponent < out.exponent:
+                    shifted = TensorStats(part.bins, True, exponent=part.exponent, counts=part.counts.copy())
+                    shifted._coarsen(out.exponent - part.exponent)
+                    counts = shifted.counts
+                out.counts = out.counts + counts
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    # Views used by the range methods
+
+    def signed(self) -> tuple[np.ndarray, np.ndarray]:
+        """(edges, counts) of the non-empty span of the signed histogram."""
+        assert self.counts is not None and self.exponent is not None
+        nz = np.flatnonzero(self.counts)
+        first, last = int(nz[0]), int(nz[-1]) + 1
+        edges = (np.arange(first, last + 1, dtype=np.float64) - self.half) * self.width
+        return edges, self.counts[first:last].astype(np.float64)
+
+    def magnitude(self) -> tuple[np.ndarray, np.ndarray]:
+        """(edges, counts) of |x| over [0, top]: bin j holds |x| in [j*w, (j+1)*w)."""
+        assert self.counts is not None and self.exponent is not None
+        pos = self.counts[self.half :]
+        neg = self.counts[: self.half][::-1]  # bin -1 holds (-w, 0): |x| in (0, w)
+        folded = (pos + neg).astype(np.float64)
+        nz = np.flatnonzero(folded)
+        last = int(nz[-1]) + 1 if nz.size else 1
+        edges = np.arange(last + 1, dtype=np.float64) * self.width
+        return edges, folded[:last]

@@ -1,0 +1,196 @@
+"""Calibration methods: choose the real range ``[lo, hi]`` that a tensor's 8-bit grid will cover.
+
+All methods read a :class:`~onnxslim.quantization.histogram.TensorStats` (exact min/max and a
+histogram); none keeps samples. Three shapes of range, picked by the caller's quantizer:
+
+* ``symmetric`` (int8, zero point 0): ``[-t, t]`` with 127 steps on each side; ``t`` is found on
+  the histogram of ``|x|``.
+* one-sided (asymmetric grid, all values >= 0, e.g. after ReLU): ``[0, t]`` with 255 steps.
+* two-sided asymmetric (uint8/int8 with a zero point, values of both signs): ``[lo, hi]``.
+
+Methods:
+
+``minmax``      the observed range.
+``percentile``  ``t`` (or ``lo``/``hi``) at the given percentile of the values (e.g. 99.99);
+                linear interpolation inside a histogram bin.
+``entropy``     TensorRT's KL-divergence search: for each candidate threshold (a bin edge), the
+                reference distribution P (bins up to the threshold, outliers folded into the last
+                bin) is merged into as many bins as the grid has levels and expanded back (Q);
+                ``t`` minimises KL(P || Q). Candidates are scanned on a stride, then refined around
+                the best one bin at a time. The bin holding exact zeros is left out (a ReLU's
+                zeros would otherwise pull the threshold down). Two-sided tensors use the ``|x|``
+                threshold, clipped to the observed range.
+``mse``         minimises the expected squared quantization error over the histogram: values
+                beyond the range cost their clipping error, values inside cost ``step**2 / 12``
+                (``x**2`` when they round to zero).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxslim.quantization.histogram import TensorStats
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method and its parameter: ``percentile`` (e.g. 99.99) for the percentile method."""
+
+    name: str = "entropy"
+    percentile: float = 99.99
+
+    def __str__(self) -> str:
+        return f"percentile:{self.percentile:g}" if self.name == "percentile" else self.name
+
+
+def select_range(stats: TensorStats, method: MethodSpec, symmetric: bool) -> tuple[float, float]:
+    """The range ``[lo, hi]`` (lo <= 0 <= hi) for ``stats`` under ``method``."""
+    if stats.empty:
+        return 0.0, 0.0
+    lo, hi = min(stats.minimum, 0.0), max(stats.maximum, 0.0)
+    if method.name == "minmax" or stats.counts is None or lo == hi:
+        if symmetric:
+            t = max(-lo, hi)
+            return -t, t
+        return lo, hi
+    if symmetric or lo == 0.0 or hi == 0.0:
+        # One threshold on |x|: symmetric grids, and one-sided tensors (mirrored when all <= 0).
+        edges, counts = stats.magnitude()
+        steps = 127 if symmetric else 255
+        t = min(_threshold(edges, counts, method, steps), max(-lo, hi))
+        if symmetric:
+            return -t, t
+        return (0.0, t) if lo == 0.0 else (-t, 0.0)
+    return _two_sided(stats, method, lo, hi)
+
+
+# --------------------------------------------------------------------------------------------
+# One threshold over a histogram of magnitudes
+
+
+def _threshold(edges: np.ndarray, counts: np.ndarray, method: MethodSpec, steps: int) -> float:
+    if method.name == "percentile":
+        return _quantile(edges, counts, method.percentile / 100.0)
+    if method.name == "entropy":
+        return entropy_threshold(edges, counts, levels=steps + 1 if steps == 255 else 128)
+    if method.name == "mse":
+        candidates = _candidate_edges(len(counts), steps)
+        errors = [_mse(edges, counts, 0.0, float(edges[i]), steps) for i in candidates]
+        return float(edges[candidates[int(np.argmin(errors))]])
+    raise ValueError(f"unknown calibration method {method.name!r}")
+
+
+def _candidate_edges(n: int, steps: int) -> np.ndarray:
+    """Edge indices worth trying as thresholds: a geometric-ish sweep from n/64 to n."""
+    low = max(1, n // 64)
+    return np.unique(np.linspace(low, n, num=min(n - low + 1, 256)).round().astype(int))
+
+
+def _quantile(edges: np.ndarray, counts: np.ndarray, q: float) -> float:
+    total = counts.sum()
+    if total <= 0:
+        return float(edges[-1])
+    cum = np.cumsum(counts)
+    target = q * total
+    j = int(np.searchsorted(cum, target, side="left"))
+    j = min(j, len(counts) - 1)
+    before = cum[j - 1] if j else 0.0
+    frac = 0.0 if counts[j] == 0 else (target - before) / counts[j]
+    return float(edges[j] + min(max(frac, 0.0), 1.0) * (edges[j + 1] - edges[j]))
+
+
+def _mse(edges: np.ndarray, counts: np.ndarray, lo: float, hi: float, steps: int) -> float:
+    """Expected squared error of a uniform ``steps``-step grid on [lo, hi] over the histogram."""
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    step = (hi - lo) / steps
+    if step <= 0:
+        return float(np.sum(counts * centers**2))
+    err = np.full_like(centers, step * step / 12.0)
+    near_zero = np.abs(centers) < step / 2
+    err[near_zero] = centers[near_zero] ** 2
+    above, below = centers > hi, centers < lo
+    err[above] = (centers[above] - hi) ** 2
+    err[below] = (centers[below] - lo) ** 2
+    return float(np.sum(counts * err))
+
+
+def entropy_threshold(edges: np.ndarray, counts: np.ndarray, levels: int = 128, coarse: int = 128) -> float:
+    """KL-divergence threshold (TensorRT's method) over a histogram of magnitudes."""
+    n = len(counts)
+    if n <= levels:
+        return float(edges[-1])
+    counts = np.array(counts, dtype=np.float64)
+    counts[0] = 0.0  # the bin holding exact zeros (ReLU outputs, padding) is a spike no grid needs to resolve
+    stride = max(1, (n - levels) // coarse)
+    first = np.arange(levels, n + 1, stride)
+    best = int(first[np.argmin(kl_divergences(counts, first, levels))])
+    near = np.arange(max(levels, best - stride + 1), min(n, best + stride - 1) + 1)
+    best = int(near[np.argmin(kl_divergences(counts, near, levels))])
+    return float(edges[best])
+
+
+def kl_divergences(counts: np.ndarray, candidates: np.ndarray, levels: int) -> np.ndarray:
+    """KL(P || Q) for each candidate bin count ``i`` (all at once, vectorised).
+
+    P: ``counts[:i]`` with the tail ``counts[i:]`` added to its last bin. Q: ``counts[:i]``
+    merged into ``levels`` groups of ``i // levels`` bins (the remainder joins the last group),
+    each group's mass spread evenly over its non-empty bins.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    cand = np.asarray(candidates, dtype=np.int64)
+    tails = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tails[i] = sum(counts[i:])
+    rows = len(cand)
+    row = np.repeat(np.arange(rows), cand)
+    start = np.repeat(np.cumsum(cand) - cand, cand)
+    j = np.arange(int(cand.sum())) - start
+    i = cand[row]
+    group = np.minimum(j // (i // levels), levels - 1)
+    key = row * levels + group
+    h = counts[j]
+    nonzero = h > 0
+    gsum = np.bincount(key, weights=h, minlength=rows * levels)
+    gnnz = np.bincount(key, weights=nonzero, minlength=rows * levels)
+    q = np.where(nonzero, gsum[key] / np.maximum(gnnz[key], 1.0), 0.0)
+    p = h.copy()
+    last = j == i - 1
+    p[last] += tails[i[last]]
+    psum = np.bincount(row, weights=p, minlength=rows)
+    qsum = np.bincount(row, weights=q, minlength=rows)
+    pn = p / np.where(psum[row] > 0, psum[row], 1.0)
+    qn = q / np.where(qsum[row] > 0, qsum[row], 1.0)
+    live = pn > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(live, pn * np.log(pn / qn), 0.0)
+    terms[live & (qn <= 0)] = np.inf
+    return np.bincount(row, weights=terms, minlength=rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Two-sided asymmetric ranges
+
+
+def _two_sided(stats: TensorStats, method: MethodSpec, lo: float, hi: float) -> tuple[float, float]:
+    if method.name == "percentile":
+        edges, counts = stats.signed()
+        p = method.percentile / 100.0
+        return min(_quantile(edges, counts, 1.0 - p), 0.0), max(_quantile(edges, counts, p), 0.0)
+    if method.name == "entropy":
+        edges, counts = stats.magnitude()
+        t = entropy_threshold(edges, counts, levels=128)
+        return max(lo, -t), min(hi, t)
+    if method.name == "mse":
+        edges, counts = stats.signed()
+        scales = np.linspace(1.0 / 64, 1.0, 256)
+        errors = [_mse(edges, counts, s * lo, s * hi, 255) for s in scales]
+        s = float(scales[int(np.argmin(errors))])
+        return s * lo, s * hi
+    raise ValueError(f"unknown calibration method {method.name!r}")
+
+
+def describe(lo: float, hi: float) -> str:
+    return f"[{lo:.6g}, {hi:.6g}]" if math.isfinite(lo) and math.isfinite(hi) else "[?, ?]"

@@ -1,0 +1,156 @@
+"""Options of the ``insert_qdq`` pass, and parsers for their command-line spellings.
+
+Every parser raises :class:`~onnxslim.errors.UsageError` with a one-line message on bad values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from onnxslim.errors import UsageError
+from onnxslim.quantization.methods import METHODS, MethodSpec
+
+
+@dataclass(frozen=True)
+class ErrorBudget:
+    """``cosine >= value`` or ``sqnr >= value`` dB on every output, on held-out samples."""
+
+    metric: str
+    value: float
+
+    def met(self, cosine: float, sqnr_db: float) -> bool:
+        return (cosine if self.metric == "cosine" else sqnr_db) >= self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:g}"
+
+
+@dataclass(frozen=True)
+class Override:
+    """Calibration method for tensors whose name equals, or fully matches, ``pattern``."""
+
+    pattern: str
+    method: MethodSpec
+
+    def matches(self, name: str) -> bool:
+        if name == self.pattern:
+            return True
+        try:
+            return re.fullmatch(self.pattern, name) is not None
+        except re.error:
+            return False
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    method: MethodSpec = MethodSpec("entropy")
+    bins: int = 2048
+    overrides: tuple[Override, ...] = ()
+    exclude: tuple[str, ...] = ()
+    max_error: ErrorBudget | None = None
+    batch_size: int = 8
+    keep_activations: bool = False
+    extra_ops: frozenset = field(default_factory=frozenset)
+    progress: bool = False
+    synthetic_samples: int = 32  # when no calibration data is given
+
+    def method_for(self, tensor: str) -> MethodSpec:
+        for o in self.overrides:
+            if o.matches(tensor):
+                return o.method
+        return self.method
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "QuantOptions":
+        """Build from ``ctx.options['insert_qdq']`` (already-parsed values or CLI strings)."""
+        kwargs: dict[str, Any] = {}
+        percentile = parse_percentile(values.get("percentile", 99.99))
+        method = values.get("method", "entropy")
+        kwargs["method"] = method if isinstance(method, MethodSpec) else parse_method(str(method), percentile)
+        if "bins" in values:
+            kwargs["bins"] = parse_bins(values["bins"])
+        overrides = values.get("overrides", ())
+        kwargs["overrides"] = tuple(o if isinstance(o, Override) else parse_override(str(o), percentile) for o in overrides)
+        kwargs["exclude"] = tuple(split_list(values.get("exclude", ())))
+        budget = values.get("max_error")
+        kwargs["max_error"] = budget if budget is None or isinstance(budget, ErrorBudget) else parse_budget(str(budget))
+        if "batch_size" in values:
+            kwargs["batch_size"] = parse_positive(values["batch_size"], "--calib-batch-size")
+        kwargs["keep_activations"] = bool(values.get("keep_activations", False))
+        kwargs["extra_ops"] = frozenset(split_list(values.get("extra_ops", ())))
+        kwargs["progress"] = bool(values.get("progress", False))
+        if "synthetic_samples" in values:
+            kwargs["synthetic_samples"] = parse_positive(values["synthetic_samples"], "synthetic samples")
+        return cls(**kwargs)
+
+
+def split_list(values: str | Iterable[str] | None) -> list[str]:
+    """Comma-separated and/or repeated values, flattened; empty items dropped."""
+    if values is None:
+        return []
+    items = [values] if isinstance(values, str) else list(values)
+    return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+
+
+def parse_percentile(value: Any) -> float:
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--calib-percentile: expected a number in (50, 100], got {value!r}") from None
+    if not (50.0 < p <= 100.0):
+        raise UsageError(f"--calib-percentile: expected a number in (50, 100], got {value!r}")
+    return p
+
+
+def parse_method(text: str, percentile: float = 99.99) -> MethodSpec:
+    """``minmax``, ``entropy``, ``mse``, ``percentile`` or ``percentile:99.9``."""
+    name, _, param = text.strip().lower().partition(":")
+    if name not in METHODS:
+        raise UsageError(f"unknown calibration method {text!r} (choose from {', '.join(METHODS)})")
+    if param and name != "percentile":
+        raise UsageError(f"calibration method {name!r} takes no parameter (got {text!r})")
+    return MethodSpec(name, parse_percentile(param) if param else percentile)
+
+
+def parse_override(text: str, percentile: float = 99.99) -> Override:
+    """``NAME_OR_REGEX=METHOD[:PARAM]`` (split at the last '=')."""
+    pattern, sep, method = text.rpartition("=")
+    if not sep or not pattern.strip() or not method.strip():
+        raise UsageError(f"--calib-override: expected NAME_OR_REGEX=METHOD, got {text!r}")
+    return Override(pattern.strip(), parse_method(method, percentile))
+
+
+def parse_bins(value: Any) -> int:
+    bins = parse_positive(value, "--calib-bins")
+    if not 128 <= bins <= 65536:
+        raise UsageError(f"--calib-bins: expected 128..65536, got {bins}")
+    return bins
+
+
+def parse_positive(value: Any, what: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what}: expected a positive integer, got {value!r}") from None
+    if n <= 0 or str(value).strip() not in (str(n), f"+{n}") and not isinstance(value, int):
+        raise UsageError(f"{what}: expected a positive integer, got {value!r}")
+    return n
+
+
+def parse_budget(text: str) -> ErrorBudget:
+    """``cosine=0.99`` or ``sqnr=30`` (dB)."""
+    metric, sep, value = text.strip().lower().partition("=")
+    if not sep or metric not in ("cosine", "sqnr"):
+        raise UsageError(f"--quant-max-error: expected cosine=VALUE or sqnr=DB, got {text!r}")
+    try:
+        v = float(value)
+    except ValueError:
+        raise UsageError(f"--quant-max-error: {metric} needs a number, got {value!r}") from None
+    if metric == "cosine" and not (0.0 < v <= 1.0):
+        raise UsageError(f"--quant-max-error: cosine must be in (0, 1], got {v:g}")
+    if metric == "sqnr" and not (math.isfinite(v) and v > 0):
+        raise UsageError(f"--quant-max-error: sqnr must be a positive number of dB, got {value!r}")
+    return ErrorBudget(metric, v)

@@ -1,0 +1,236 @@
+"""insert_qdq: INT8 post-training quantization with QuantizeLinear/DequantizeLinear pairs.
+
+Math: a tensor ``x`` is replaced by ``DQ(Q(x)) = s * (clamp(round(x / s) + z, qmin, qmax) - z)``
+with a per-tensor scale ``s`` and zero point ``z`` from its calibrated range; constant weights by
+symmetric per-channel int8 ``s_c * W_q`` (exact DQ of stored int8 values); biases, where the
+target wants it, by int32 values on the scale ``s_x * s_w``. The model computes the same function
+up to these rounding errors, which the pipeline measures on held-out samples (``lossy = True``).
+
+Where pairs go and with which integer types is decided by the (target, device) placement rules
+(:mod:`onnxslim.quantization.rules`); ranges come from one streaming pass over the calibration
+samples (:mod:`onnxslim.quantization.calibrate`) and a method per tensor (minmax, percentile,
+entropy, mse). With ``max_error``, the most sensitive layers fall back to float until the budget
+holds on held-out samples (:mod:`onnxslim.quantization.sensitivity`).
+
+Preconditions: a float32 model at opset >= 10 (per-channel weights need opset >= 13) that is not
+already quantized (Q/DQ or integer ops present -> UsageError). Nodes in non-default domains and
+inside subgraphs are left in float. Options: ``ctx.options["insert_qdq"]``, see
+:class:`onnxslim.quantization.options.QuantOptions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxslim.calibration import CalibrationSet, synthetic
+from onnxslim.errors import UsageError
+from onnxslim.graph import export_model, opset
+from onnxslim.pipeline import Pass, PassContext, PassResult
+from onnxslim.quantization.calibrate import collect_stats, merged
+from onnxslim.quantization.emit import Emitter, QParams, activation_params
+from onnxslim.quantization.histogram import TensorStats
+from onnxslim.quantization.methods import select_range
+from onnxslim.quantization.options import QuantOptions
+from onnxslim.quantization.plan import QuantPlan, exclusion_matcher, make_plan
+from onnxslim.quantization.rules import PlacementRules, rules_for
+from onnxslim.quantization.sensitivity import FidelityProbe, find_fallback
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+    "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearAveragePool",
+    "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QGemm",
+    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QOrderedMatMul", "MatMulNBits",
+})
+
+
+def check_not_quantized(graph: gs.Graph) -> None:
+    """UsageError when the graph already holds Q/DQ or integer (QOperator) ops."""
+    found: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op in QUANTIZED_OPS:
+            found[node.op] = found.get(node.op, 0) + 1
+    if found:
+        listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items(), key=lambda kv: -kv[1])[:4])
+        raise UsageError(f"the model is already quantized ({listed}); quantize the float model instead")
+
+
+class InsertQdq(Pass):
+    """INT8 quantization: calibrate activations, insert Q/DQ pairs where the target fuses them."""
+
+    name = "insert_qdq"
+    lossy = True
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        check_not_quantized(graph)
+        if opset(graph) < 10:
+            raise UsageError(f"INT8 quantization needs opset >= 10 (the model has {opset(graph)}); convert it first")
+        opts = QuantOptions.from_dict(ctx.options_for(self.name))
+        rules = rules_for(ctx.target, ctx.device).with_extra_ops(opts.extra_ops)
+        excluded = exclusion_matcher(opts.exclude)
+        plan = make_plan(graph, rules, excluded)
+        if not plan.layers:
+            ctx.decline(self.name, where="graph", reason="no quantizable layer (float32 Conv/Gemm/MatMul) found")
+            return PassResult(False, {"int8_layers": 0})
+        reference = export_model(graph.copy())
+        start = time.perf_counter()
+        observed = _observation_set(graph, rules, excluded, plan, opts)
+        calibration = _calibration_set(ctx, reference, opts)
+        stats, samples = collect_stats(reference, observed, calibration, bins=opts.bins,
+                                       histogram=_needs_histogram(graph, observed, opts),
+                                       batch_size=opts.batch_size, progress=opts.progress)
+        calib_seconds = time.perf_counter() - start
+        ranges = _RangeBook(graph, stats, plan, rules, opts)
+
+        fallback: list[str] = []
+        details: list[dict] = []
+        if opts.max_error is not None:
+            feeds = _holdout(ctx, reference)
+
+            def build(extra: frozenset) -> onnx.ModelProto:
+                copy = graph.copy()
+                sub = make_plan(copy, rules, lambda n: excluded(n) or n.name in extra)
+                Emitter(copy, sub, ranges.params(sub), rules, not opts.keep_activations).emit()
+                return export_model(copy)
+
+            result = find_fallback(build, plan.layers, FidelityProbe(reference, feeds), opts.max_error)
+            fallback = result.fallback
+            ops = {n.name: n.op for n in graph.nodes}
+            details += [{"detail": "sensitivity", "op": ops.get(r["layer"]), **r} for r in result.rows]
+            details.append({"detail": "budget", "budget": str(opts.max_error), "met": result.met,
+                            "cosine_before": result.before.cosine, "sqnr_before_db": result.before.sqnr_db,
+                            "cosine_after": result.after.cosine, "sqnr_after_db": result.after.sqnr_db})
+            if not result.met:
+                logger.warning("insert_qdq: the budget %s is not met even with every layer in float", opts.max_error)
+            if fallback:
+                chosen = set(fallback)
+                plan = make_plan(graph, rules, lambda n: excluded(n) or n.name in chosen)
+
+        params = ranges.params(plan)
+        emitter = Emitter(graph, plan, params, rules, not opts.keep_activations)
+        counters = emitter.emit()
+        for note in emitter.notes:
+            ctx.decline(self.name, where=note["where"], reason=note["reason"])
+        details = ranges.rows(plan, params) + [{"detail": "float_layer", **s} for s in plan.skipped] + details
+        details += [{"detail": "fallback", "layer": name, "reason": f"most sensitive layers kept in float for {opts.max_error}"}
+                    for name in fallback]
+        counters.update({"fallback_layers": len(fallback), "tensors_calibrated": len(observed),
+                         "calib_samples": samples, "calib_seconds": round(calib_seconds, 3)})
+        return PassResult(counters["qdq_pairs"] + counters["weights_quantized"] > 0, counters, details)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _observation_set(graph: gs.Graph, rules: PlacementRules, excluded, plan: QuantPlan, opts: QuantOptions) -> list[str]:
+    """Tensors to calibrate: the plan's, plus (with a budget) those any single-layer plan needs."""
+    names = dict.fromkeys(plan.observed)
+    if opts.max_error is not None:
+        layers = [n for n, kind in plan.layers.items() if kind != "move"]
+        for layer in layers:
+            sub = make_plan(graph, rules, lambda n, keep=layer: excluded(n) or (n.name in plan.layers and n.name != keep))
+            names.update(dict.fromkeys(sub.observed))
+    return list(names)
+
+
+def _needs_histogram(graph: gs.Graph, observed: list[str], opts: QuantOptions) -> set[str]:
+    producers = {t.name: (t.inputs[0].name if t.inputs else "") for t in graph.tensors().values()}
+    out = set()
+    for name in observed:
+        if _method(opts, name, producers.get(name, "")).name != "minmax":
+            out.add(name)
+    return out
+
+
+def _method(opts: QuantOptions, tensor: str, producer: str):
+    for o in opts.overrides:
+        if o.matches(tensor) or (producer and o.matches(producer)):
+            return o.method
+    return opts.method
+
+
+def _calibration_set(ctx: PassContext, reference: onnx.ModelProto, opts: QuantOptions) -> CalibrationSet:
+    data = ctx.data.get("calibration")
+    if data is not None:
+        return data
+    seed = int(ctx.data.get("seed", 0) or 0)
+    logger.warning("insert_qdq: NO CALIBRATION DATA (--calib-data): calibrating on %d synthetic random inputs; "
+                   "ranges will not match real data and accuracy may suffer", opts.synthetic_samples)
+    return synthetic(reference, opts.synthetic_samples, seed=seed)
+
+
+def _holdout(ctx: PassContext, reference: onnx.ModelProto) -> list[dict]:
+    feeds = list(ctx.data.get("holdout") or [])
+    if feeds:
+        return feeds
+    logger.warning("insert_qdq: no held-out samples for --quant-max-error; measuring on synthetic random inputs")
+    seed = int(ctx.data.get("seed", 0) or 0) + 1
+    return list(synthetic(reference, 8, seed=seed).samples())
+
+
+class _RangeBook:
+    """Ranges and quantization parameters per shared-scale group, from calibration statistics."""
+
+    def __init__(self, graph: gs.Graph, stats: dict[str, TensorStats], plan: QuantPlan, rules: PlacementRules,
+                 opts: QuantOptions):
+        self.stats = stats
+        self.rules = rules
+        self.opts = opts
+        self.derived = dict(plan.derived)
+        self.producers = {t.name: (t.inputs[0].name if t.inputs else "") for t in graph.tensors().values()}
+        self._cache: dict[tuple[str, ...], tuple] = {}
+
+    def _source_stats(self, name: str) -> TensorStats | None:
+        seen = set()
+        while name not in self.stats and name in self.derived and name not in seen:
+            seen.add(name)
+            name = self.derived[name]
+        return self.stats.get(name)
+
+    def group_range(self, members: list[str]):
+        key = tuple(sorted(members))
+        if key not in self._cache:
+            observed = [m for m in members if m in self.stats] or members
+            pooled = merged({m: self._source_stats(m) for m in observed if self._source_stats(m) is not None}, observed)
+            method = next((self._method(m) for m in members if self._method(m) is not self.opts.method), self.opts.method)
+            if pooled is None or pooled.empty:
+                self._cache[key] = (None, method, None)
+            else:
+                lo, hi = select_range(pooled, method, self.rules.symmetric_activations)
+                self._cache[key] = ((lo, hi), method, pooled)
+        return self._cache[key]
+
+    def _method(self, tensor: str):
+        return _method(self.opts, tensor, self.producers.get(tensor, ""))
+
+    def params(self, plan: QuantPlan) -> dict[int, QParams]:
+        out: dict[int, QParams] = {}
+        for gid, members in plan.groups().items():
+            rng, _, _ = self.group_range(members)
+            if rng is None:
+                for m in members:  # nothing observed: leave these tensors in float
+                    plan.tensors.pop(m, None)
+                continue
+            out[gid] = activation_params(rng[0], rng[1], self.rules.activation_dtype, self.rules.symmetric_activations)
+        return out
+
+    def rows(self, plan: QuantPlan, params: dict[int, QParams]) -> list[dict]:
+        rows = []
+        for gid, members in sorted(plan.groups().items()):
+            rng, method, pooled = self.group_range(members)
+            if rng is None or gid not in params:
+                continue
+            p = params[gid]
+            for m in members:
+                rows.append({"detail": "tensor", "tensor": m, "group": gid, "method": str(method),
+                             "observed_min": pooled.minimum, "observed_max": pooled.maximum,
+                             "range": [rng[0], rng[1]], "scale": float(p.scale), "zero_point": p.zero_point,
+                             "dtype": "uint8" if p.dtype.__name__ == "uint8" else "int8",
+                             "shared": len(members) > 1})
+        return rows

@@ -1,0 +1,273 @@
+"""insert_qdq: Q/DQ placement per target (structure), INT8 accuracy (SQNR), fallback, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnxslim.calibration import synthetic
+from onnxslim.errors import PassFailedError, UsageError
+from onnxslim.pipeline import PassContext
+from tests.helpers import apply_passes, init, make_model, op_counts, run_ort, vi
+
+PIPE = "infer_shapes,insert_qdq"
+
+
+def resnet_block(c: int = 16, seed: int = 0, opset: int = 18) -> onnx.ModelProto:
+    """Conv-Relu-MaxPool, a residual block (Conv-Relu-Conv + skip, Add, Relu), GAP, Flatten, Gemm."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("MaxPool", ["r0"], ["p0"], name="pool0", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p0", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "p0"], ["a2"], name="add2"),
+        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
+    ]
+    inits = [init("w0", w(c, 3, 3, 3)), init("b0", rng.standard_normal(c).astype(np.float32) * 0.1),
+             init("w1", w(c, c, 3, 3)), init("b1", rng.standard_normal(c).astype(np.float32) * 0.1),
+             init("w2", w(c, c, 3, 3)), init("b2", rng.standard_normal(c).astype(np.float32) * 0.1),
+             init("wf", w(10, c)), init("bf", np.zeros(10, np.float32))]
+    return make_model(nodes, [vi("x", [1, 3, 16, 16])], [vi("y", [1, 10])], inits, opset=opset)
+
+
+def quantize(model, target="ort", device="x86", samples=16, holdout=None, **options):
+    ctx = PassContext(target=target, device=device, options={"insert_qdq": options})
+    ctx.data["calibration"] = synthetic(model, samples, seed=3)
+    ctx.data["holdout"] = holdout or []
+    out, records = apply_passes(model, PIPE, ctx)
+    return out, records[-1]
+
+
+def by_name(model):
+    return {n.name: n for n in model.graph.node}
+
+
+def inits_of(model):
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def reader_ops(model, tensor):
+    return sorted(n.op_type for n in model.graph.node if tensor in n.input)
+
+
+def sqnr_db(model, quantized, seeds=range(4), feeds_list=None):
+    sig = err = 0.0
+    for feeds in feeds_list or [next(synthetic(model, 1, seed=100 + s).batches(1)) for s in seeds]:
+        want, got = run_ort(model, feeds), run_ort(quantized, feeds)
+        for k in want:
+            sig += float(np.sum(want[k].astype(np.float64) ** 2))
+            err += float(np.sum((want[k].astype(np.float64) - got[k]) ** 2))
+    return 10 * np.log10(sig / err)
+
+
+# --------------------------------------------------------------------------------------------
+# Structure per target
+
+
+def test_ort_x86_placement():
+    model = resnet_block()
+    assert op_counts(model) == {"Conv": 3, "Relu": 3, "MaxPool": 1, "Add": 1, "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1}
+    out, rec = quantize(model)
+    counts = op_counts(out)
+    # Q/DQ on: x, r0(folded relu), p0 (shared with r0), r1, c2, r2, g, f -> 8 pairs; DQ on 4 weights + 4 biases.
+    assert counts["QuantizeLinear"] == 8 and counts["DequantizeLinear"] == 8 + 4 + 4
+    assert "Relu" not in counts  # all three ReLUs folded into the Q that follows them
+    assert rec.counters["activations_folded"] == 3 and rec.counters["biases_int32"] == 4
+    inits = inits_of(out)
+    for q in (n for n in out.graph.node if n.op_type == "QuantizeLinear"):
+        assert inits[q.input[2]].dtype == np.uint8  # u8 activations
+    nodes = by_name(out)
+    for conv in ("conv0", "conv1", "conv2"):
+        wdq = next(n for n in out.graph.node if n.output[0] == nodes[conv].input[1])
+        assert inits[wdq.input[0]].dtype == np.int8 and inits[wdq.input[1]].shape == (16,)
+        assert helper.get_attribute_value(wdq.attribute[0]) == 0  # per-channel axis 0
+        assert not inits[wdq.input[2]].any()  # symmetric
+        bdq = next(n for n in out.graph.node if n.output[0] == nodes[conv].input[2])
+        assert inits[bdq.input[0]].dtype == np.int32
+    # The MaxPool reads and writes the same grid, so ORT runs it on uint8.
+    pool = nodes["pool0"]
+    dq_in = next(n for n in out.graph.node if n.output[0] == pool.input[0])
+    q_out = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == pool.output[0])
+    assert dq_in.input[1:] == q_out.input[1:]
+    assert reader_ops(out, "y") == []  # logits stay float (QGemm with float output)
+
+
+def test_ort_x86_fuses_into_integer_kernels():
+    out, _ = quantize(resnet_block())
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
+        ort.InferenceSession(out.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        fused = op_counts(onnx.load(opts.optimized_model_filepath))
+    assert fused["QLinearConv"] == 3 and fused["QLinearAdd"] == 1 and fused["QGemm"] == 1
+    assert "Conv" not in fused and "Relu" not in fused
+
+
+def test_ort_arm_uses_int8_activations():
+    out, _ = quantize(resnet_block(), device="arm")
+    inits = inits_of(out)
+    dtypes = {inits[q.input[2]].dtype for q in out.graph.node if q.op_type == "QuantizeLinear"}
+    assert dtypes == {np.dtype(np.int8)}
+    assert "Relu" not in op_counts(out)  # int8 with zero point -128 still folds ReLU
+
+
+def test_tensorrt_placement():
+    out, rec = quantize(resnet_block(c=16), target="tensorrt", device="cuda")
+    inits = inits_of(out)
+    nodes = by_name(out)
+    for q in (n for n in out.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
+        zp = inits.get(q.input[2]) if len(q.input) > 2 else None
+        assert zp is not None and not zp.any() and zp.dtype in (np.int8, np.int32)  # symmetric, zp 0
+        assert np.all(inits[q.input[1]] > 0)  # positive constant scales
+    assert op_counts(out)["Relu"] == 3  # no Q/DQ between conv and ReLU; nothing folded
+    assert reader_ops(out, "c0") == ["Relu"] and reader_ops(out, "c1") == ["Relu"]
+    # Residual Add: conv2 output enters directly, the skip input (p0) through Q/DQ.
+    add = nodes["add2"]
+    assert add.input[0] == "c2"
+    assert next(n for n in out.graph.node if n.output[0] == add.input[1]).op_type == "DequantizeLinear"
+    for conv in ("conv0", "conv1", "conv2"):
+        assert nodes[conv].input[2] in inits and inits[nodes[conv].input[2]].dtype == np.float32  # bias float
+    assert not any(n.op_type.startswith("QLinear") or "Integer" in n.op_type for n in out.graph.node)
+    # conv0 has 3 input channels (< 16): left in float.
+    assert nodes["conv0"].input[1] == "w0"
+    assert any(r["detail"] == "float_layer" and r["layer"] == "conv0" for r in rec.details)
+
+
+def test_tensorrt_shares_concat_scale():
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="ca"), helper.make_node("Conv", ["x", "w1"], ["b"], name="cb"),
+             helper.make_node("Concat", ["a", "b"], ["c"], name="cat", axis=1),
+             helper.make_node("Conv", ["c", "w2"], ["y"], name="cc")]
+    inits = [init("w0", rng.standard_normal((16, 16, 1, 1)).astype(np.float32)),
+             init("w1", 3 * rng.standard_normal((16, 16, 1, 1)).astype(np.float32)),
+             init("w2", rng.standard_normal((16, 32, 1, 1)).astype(np.float32))]
+    model = make_model(nodes, [vi("x", [1, 16, 4, 4])], [vi("y", [1, 16, 4, 4])], inits)
+    out, _ = quantize(model, target="tensorrt", device="cuda")
+    qs = [n for n in out.graph.node if n.op_type == "QuantizeLinear"]
+    scales = {n.input[0]: n.input[1] for n in qs}
+    assert scales["a"] == scales["b"] == scales["c"]
+
+
+def test_excluded_and_float_ops_stay_float():
+    model = resnet_block()
+    out, rec = quantize(model, exclude=("conv1", "Gemm"))
+    nodes = by_name(out)
+    assert nodes["conv1"].input[1] == "w1" and nodes["fc"].input[1] == "wf"
+    assert rec.counters["weights_quantized"] == 2
+
+
+def test_keep_activations_option():
+    out, rec = quantize(resnet_block(), keep_activations=True)
+    assert op_counts(out)["Relu"] == 3 and rec.counters["activations_folded"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+@pytest.mark.parametrize("target,device", [("ort", "x86"), ("tensorrt", "cuda")])
+def test_int8_output_sqnr(method, target, device):
+    model = resnet_block(c=16)
+    out, _ = quantize(model, target, device, samples=32, method=method)
+    assert sqnr_db(model, out) > 20.0  # INT8 end to end stays within 20 dB SQNR of FP32
+
+
+def test_fallback_meets_budget_on_fragile_layer():
+    # A 'fragile' MatMul reads a tensor with one huge channel (x1000) that its weights ignore:
+    # a per-tensor 8-bit grid wipes out the channels that matter.
+    rng = np.random.default_rng(0)
+    spike = np.ones(64, np.float32)
+    spike[0] = 1000.0
+    w2 = rng.standard_normal((64, 64)).astype(np.float32) / 8
+    w2[0, :] = 1e-4
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"), helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("Mul", ["r1", "spike"], ["s"], name="spike"), helper.make_node("MatMul", ["s", "w2"], ["h2"], name="fragile"),
+             helper.make_node("MatMul", ["h2", "w3"], ["y"], name="mm3")]
+    inits = [init("w1", rng.standard_normal((64, 64)).astype(np.float32) / 8), init("spike", spike), init("w2", w2),
+             init("w3", rng.standard_normal((64, 64)).astype(np.float32) / 8)]
+    model = make_model(nodes, [vi("x", [1, 64])], [vi("y", [1, 64])], inits)
+    plain, _ = quantize(model, method="minmax")
+    assert sqnr_db(model, plain) < 25
+    held = list(synthetic(model, 16, seed=7).samples())
+    out, rec = quantize(model, method="minmax", max_error="sqnr=30", holdout=held)
+    assert sqnr_db(model, out, feeds_list=held) >= 30  # the budget holds on the held-out samples
+    assert sqnr_db(model, out, seeds=range(16)) > 27  # and roughly on fresh ones
+    fallback = [r["layer"] for r in rec.details if r["detail"] == "fallback"]
+    assert fallback == ["fragile"] and rec.counters["fallback_layers"] == 1
+    assert by_name(out)["mm1"].input[1] != "w1"  # the others stay int8
+    budget = next(r for r in rec.details if r["detail"] == "budget")
+    assert budget["met"] and budget["sqnr_after_db"] >= 30
+
+
+def test_report_rows_have_ranges_and_methods():
+    _, rec = quantize(resnet_block(), method="percentile", overrides=("r2=minmax",))
+    rows = {r["tensor"]: r for r in rec.details if r["detail"] == "tensor"}
+    assert rows["r2"]["method"] == "minmax" and rows["r1"]["method"].startswith("percentile")
+    assert rows["p0"]["group"] == rows["r0"]["group"] and rows["p0"]["shared"]
+    assert all(r["scale"] > 0 for r in rows.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Where the pass must not apply, and bad input
+
+
+def test_no_quantizable_layer_unchanged():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [1, 4])], [vi("y", [1, 4])])
+    out, rec = quantize(model)
+    assert not rec.changed and op_counts(out) == {"Relu": 1}
+
+
+def test_non_float_model_unchanged():
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", [1, 4], TensorProto.DOUBLE)],
+                       [vi("y", [1, 4], TensorProto.DOUBLE)], [init("w", np.eye(4))])
+    _, rec = quantize(model)
+    assert not rec.changed
+
+
+def test_already_quantized_is_usage_error():
+    out, _ = quantize(resnet_block())
+    with pytest.raises(UsageError, match="already quantized"):
+        quantize(out)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"method": "kl"}, "unknown calibration method"),
+    ({"method": "percentile", "percentile": 120}, "calib-percentile"),
+    ({"bins": 3}, "calib-bins"),
+    ({"max_error": "cosine=2"}, "cosine must be"),
+    ({"max_error": "psnr=3"}, "expected cosine"),
+    ({"overrides": ("nomethod",)}, "calib-override"),
+    ({"batch_size": 0}, "calib-batch-size"),
+])
+def test_bad_options_are_usage_errors(options, match):
+    with pytest.raises(UsageError, match=match):
+        quantize(resnet_block(), **options)
+
+
+def test_unknown_target_device_is_usage_error():
+    with pytest.raises(UsageError, match="no QDQ placement rules"):
+        quantize(resnet_block(), target="tvm", device="x86")
+
+
+def test_low_opset_is_usage_error():
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", [1, 4])], [vi("y", [1, 4])],
+                       [init("w", np.eye(4, dtype=np.float32))], opset=9)
+    with pytest.raises((UsageError, PassFailedError), match="opset"):
+        quantize(model)
