@@ -173,13 +173,99 @@ def load_calibration(path: str | os.PathLike, model: onnx.ModelProto, limit: int
         if any(p.suffix == ".npy" for p in files) and len(inputs) != 1:
             raise UsageError(f"calibration data {path}: .npy files only work for single-input models; use .npz")
         sources = [_npz_loader(p, inputs) if p.suffix == ".npz" else _npy_loader(p, inputs) for p in files]
+        if not sources:
+            sources = _image_sources(path, inputs)
     if not sources:
-        raise UsageError(f"calibration data {path}: empty (no .npy or .npz files)")
+        raise UsageError(f"calibration data {path}: empty (no .npy, .npz or image files)")
     calib = CalibrationSet(str(path), inputs, sources, limit)
     first = next(calib.chunks(), None)
     if first is None or _count(first) == 0:
         raise UsageError(f"calibration data {path}: empty (no samples)")
     return calib
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders (Pillow, optional: pip install 'onnxslim[images]')
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+PREPROCESS_FILE = "preprocess.json"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How an image becomes an input: ``preprocess.json`` beside the images; unset keys default.
+
+    ``resize`` [H, W] (default: the model input's fixed H and W), ``scale`` (1/255), ``mean``/``std``
+    per channel after scaling (0 / 1), ``layout`` "NCHW" or "NHWC" (default: from where the model
+    input has 1 or 3 channels), ``color`` "RGB", "BGR" or "L".
+    """
+
+    resize: tuple[int, int] | None = None
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str | None = None
+    color: str = "RGB"
+
+
+def _image_spec(folder: Path, spec: InputSpec) -> ImageSpec:
+    import json
+
+    raw: dict = {}
+    file = folder / PREPROCESS_FILE
+    if file.is_file():
+        try:
+            raw = json.loads(file.read_text())
+        except ValueError as exc:
+            raise UsageError(f"calibration data {file}: not valid JSON ({exc})") from None
+        if not isinstance(raw, dict) or set(raw) - {"resize", "scale", "mean", "std", "layout", "color"}:
+            raise UsageError(f"calibration data {file}: expected keys resize, scale, mean, std, layout, color")
+    layout = str(raw.get("layout") or ("NHWC" if len(spec.shape) == 4 and spec.shape[3] in (1, 3) else "NCHW")).upper()
+    if len(spec.shape) != 4 or layout not in ("NCHW", "NHWC"):
+        raise UsageError(f"calibration data {folder}: images need a rank-4 NCHW or NHWC input, {spec.name!r} has {spec.shape}")
+    h, w = (spec.shape[1], spec.shape[2]) if layout == "NHWC" else (spec.shape[2], spec.shape[3])
+    resize = raw.get("resize") or ((h, w) if h and w else None)
+    if resize is None or len(resize) != 2 or min(int(v) for v in resize) <= 0:
+        raise UsageError(f"calibration data {folder}: give \"resize\": [H, W] in {PREPROCESS_FILE} (the model input is dynamic)")
+    color = str(raw.get("color", "RGB")).upper()
+    if color not in ("RGB", "BGR", "L"):
+        raise UsageError(f"calibration data {file}: color must be RGB, BGR or L")
+    try:
+        return ImageSpec((int(resize[0]), int(resize[1])), float(raw.get("scale", 1.0 / 255.0)),
+                         tuple(float(v) for v in raw.get("mean", [0.0])), tuple(float(v) for v in raw.get("std", [1.0])),
+                         layout, color)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"calibration data {file}: bad value ({exc})") from None
+
+
+def _image_sources(folder: Path, inputs: Sequence[InputSpec]) -> list[Callable[[], Feeds]]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        return []
+    if len(inputs) != 1:
+        raise UsageError(f"calibration data {folder}: image folders only work for single-input models")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError("calibration images need Pillow: pip install 'onnxslim[images]'") from None
+    spec = _image_spec(folder, inputs[0])
+
+    def loader(path: Path) -> Callable[[], Feeds]:
+        def load() -> Feeds:
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("L" if spec.color == "L" else "RGB").resize((spec.resize[1], spec.resize[0]), Image.BILINEAR)
+                    arr = np.asarray(img, dtype=np.float32)
+            except OSError as exc:
+                raise UsageError(f"calibration data {path}: cannot read image: {exc}") from None
+            arr = arr[..., None] if arr.ndim == 2 else (arr[..., ::-1] if spec.color == "BGR" else arr)
+            arr = (arr * spec.scale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+            arr = arr if spec.layout == "NHWC" else arr.transpose(2, 0, 1)
+            return _validate({inputs[0].name: np.ascontiguousarray(arr[None])}, inputs, str(path))
+
+        return load
+
+    return [loader(p) for p in files]
 
 
 def synthetic(model: onnx.ModelProto, count: int, seed: int = 0, dims: dict[str, Sequence[int]] | None = None) -> CalibrationSet:

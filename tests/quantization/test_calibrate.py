@@ -1,0 +1,133 @@
+"""Streaming calibration: batch invariance, image folders, the --quantize stage through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxslim.calibration import load_calibration, synthetic
+from onnxslim.cli import main
+from onnxslim.pipeline import PassContext
+from tests.helpers import apply_passes, op_counts
+from tests.passes.test_insert_qdq import resnet_block
+
+
+def quantized_scales(model, calib, batch_size, method):
+    ctx = PassContext(options={"insert_qdq": {"method": method, "batch_size": batch_size}})
+    ctx.data["calibration"] = calib
+    out, records = apply_passes(model, "infer_shapes,insert_qdq", ctx)
+    rows = [r for r in records[-1].details if r["detail"] == "tensor"]
+    return {r["tensor"]: (r["range"], r["scale"], r["zero_point"]) for r in rows}
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+def test_scales_bit_identical_for_batch_sizes(method, tmp_path):
+    model = resnet_block(c=16)
+    rng = np.random.default_rng(1)
+    # Stored in uneven chunks (7 files of 1..16 samples) so chunking differs from batching too.
+    sizes = [1, 16, 3, 9, 5, 14, 16]
+    for i, n in enumerate(sizes):
+        np.savez(tmp_path / f"part{i}.npz", x=rng.standard_normal((n, 3, 16, 16)).astype(np.float32))
+    calib = load_calibration(tmp_path, model)
+    assert len(calib) == sum(sizes) == 64
+    scales = [quantized_scales(model, calib, bs, method) for bs in (1, 8, 32)]
+    assert scales[0] == scales[1] == scales[2]
+    assert len(scales[0]) >= 8
+
+
+def test_calibration_limit_and_progress_off_without_tty(tmp_path):
+    model = resnet_block()
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((20, 3, 16, 16)).astype(np.float32))
+    calib = load_calibration(tmp_path / "c.npz", model, limit=5)
+    ctx = PassContext(options={"insert_qdq": {"progress": True}})
+    ctx.data["calibration"] = calib
+    _, records = apply_passes(model, "infer_shapes,insert_qdq", ctx)
+    assert records[-1].counters["calib_samples"] == 5
+
+
+def test_no_calibration_data_warns_loudly(caplog):
+    ctx = PassContext()
+    with caplog.at_level("WARNING"):
+        apply_passes(resnet_block(), "infer_shapes,insert_qdq", ctx)
+    assert any("NO CALIBRATION DATA" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders
+
+
+def test_image_folder_reader(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    for i in range(3):
+        arr = np.full((20, 24, 3), 40 * i, dtype=np.uint8)
+        arr[..., 1] = 255
+        Image.fromarray(arr).save(tmp_path / f"im{i}.png")
+    (tmp_path / "preprocess.json").write_text(json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}))
+    calib = load_calibration(tmp_path, resnet_block())  # input x: [1, 3, 16, 16], NCHW
+    samples = list(calib.samples())
+    assert len(samples) == 3 and samples[0]["x"].shape == (1, 3, 16, 16) and samples[0]["x"].dtype == np.float32
+    np.testing.assert_allclose(samples[0]["x"][0, 1], 1.0, atol=1e-6)  # green 255 -> (1 - 0.5) / 0.5
+    np.testing.assert_allclose(samples[2]["x"][0, 0], (80 / 255 - 0.5) / 0.5, atol=1e-6)
+
+
+def test_image_folder_needs_resize_for_dynamic_inputs(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    model = resnet_block()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
+    from onnxslim.errors import UsageError
+    with pytest.raises(UsageError, match="resize"):
+        load_calibration(tmp_path, model)
+
+
+# --------------------------------------------------------------------------------------------
+# The CLI stage
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(resnet_block(), path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((24, 3, 16, 16)).astype(np.float32))
+    return path
+
+
+def test_cli_quantize_int8(model_file, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    result = CliRunner().invoke(main, ["optimize", str(model_file), "--quantize", "int8", "--calib-data", str(tmp_path / "calib.npz"),
+                                       "--calib-method", "mse", "--target", "ort", "--device", "x86", "-o", str(out),
+                                       "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "fidelity" in result.output
+    counts = op_counts(onnx.load(out))
+    assert counts["QuantizeLinear"] == 8
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = [d for p in report["passes"] if p["name"] == "insert_qdq" for d in p["details"]]
+    assert any(r["detail"] == "tensor" and r["method"] == "mse" for r in rows)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--quantize", "int8", "--calib-percentile", "300"], "calib-percentile"),
+    (["--quantize", "int8", "--max-error", "cosine"], "max-error"),
+    (["--quantize", "int8", "--calib-bins", "7"], "calib-bins"),
+    (["--quantize", "int8", "--calib-override", "x"], "calib-override"),
+    (["--quantize", "int8", "--quant-ops", "Gelu"], "quant-ops"),
+    (["--quantize", "int8", "--target", "tvm"], "no QDQ placement rules"),
+    (["--calib-method", "mse"], "only applies with --quantize"),
+])
+def test_cli_bad_values_exit_2(model_file, args, message):
+    result = CliRunner().invoke(main, ["optimize", str(model_file), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_cli_already_quantized_exit_2(model_file, tmp_path):
+    first = tmp_path / "q.onnx"
+    ok = CliRunner().invoke(main, ["optimize", str(model_file), "--quantize", "int8", "-o", str(first), "--no-verify"])
+    assert ok.exit_code == 0, ok.output
+    again = CliRunner().invoke(main, ["optimize", str(first), "--quantize", "int8", "-o", str(tmp_path / "qq.onnx")])
+    assert again.exit_code == 2 and "already quantized" in again.output

@@ -1,0 +1,174 @@
+"""Calibration methods and the streaming histogram against NumPy references on known distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxslim.quantization.histogram import TensorStats
+from onnxslim.quantization.methods import MethodSpec, entropy_threshold, kl_divergences, select_range
+
+N = 400_000
+
+
+def distributions():
+    rng = np.random.default_rng(0)
+    normal = rng.standard_normal(N).astype(np.float32)
+    return {
+        "normal": normal,
+        "relu": np.maximum(normal, 0),
+        "laplace": rng.laplace(size=N).astype(np.float32),
+        "skewed": (rng.exponential(size=N) - 0.3).astype(np.float32),
+    }
+
+
+def stats_of(x, bins=2048, chunks=1):
+    s = TensorStats(bins)
+    for part in np.array_split(x, chunks):
+        s.update(part)
+    return s
+
+
+def true_mse(x, lo, hi, levels=255):
+    """Mean squared error of fake-quantizing x on a uniform grid of ``levels`` steps over [lo, hi]."""
+    step = (hi - lo) / levels
+    zero = np.round(-lo / step)
+    q = np.clip(np.round(x / step) + zero, 0, levels)
+    return float(np.mean(((q - zero) * step - x) ** 2))
+
+
+# --------------------------------------------------------------------------------------------
+# The histogram
+
+
+def test_histogram_is_exact_for_any_chunking():
+    x = distributions()["laplace"]
+    whole = stats_of(x)
+    for chunks in (3, 17, 1000):
+        parts = stats_of(x, chunks=chunks)
+        assert parts.exponent == whole.exponent and np.array_equal(parts.counts, whole.counts)
+        assert (parts.minimum, parts.maximum, parts.count) == (whole.minimum, whole.maximum, whole.count)
+    # Growing order: small values first forces the grid to coarsen several times.
+    ordered = stats_of(np.sort(np.abs(x)), chunks=50)
+    assert np.array_equal(ordered.counts, stats_of(np.abs(x)).counts)
+
+
+def test_histogram_counts_match_numpy():
+    x = distributions()["normal"]
+    s = stats_of(x)
+    edges, counts = s.signed()
+    ref, _ = np.histogram(x, bins=edges)
+    assert np.array_equal(counts, ref) and counts.sum() == N
+    assert (s.minimum, s.maximum) == (float(x.min()), float(x.max()))
+    assert len(s.magnitude()[1]) >= s.bins  # at least `bins` bins over [0, max|x|]
+
+
+def test_merge_equals_single_pass():
+    d = distributions()
+    merged = stats_of(d["normal"] * 0.01).merge(stats_of(d["laplace"] * 30))
+    whole = stats_of(np.concatenate([d["normal"] * 0.01, d["laplace"] * 30]))
+    assert merged.exponent == whole.exponent and np.array_equal(merged.counts, whole.counts)
+
+
+def test_nonfinite_values_are_counted_apart():
+    s = stats_of(np.array([1.0, np.nan, -2.0, np.inf], np.float32))
+    assert (s.minimum, s.maximum, s.count, s.nonfinite) == (-2.0, 1.0, 2, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+
+
+@pytest.mark.parametrize("name", ["normal", "relu", "laplace", "skewed"])
+def test_minmax_is_the_observed_range(name):
+    x = distributions()[name]
+    lo, hi = select_range(stats_of(x), MethodSpec("minmax"), symmetric=False)
+    assert (lo, hi) == (min(float(x.min()), 0.0), max(float(x.max()), 0.0))
+    t = select_range(stats_of(x), MethodSpec("minmax"), symmetric=True)[1]
+    assert t == float(np.abs(x).max())
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace", "skewed", "relu"])
+@pytest.mark.parametrize("p", [99.0, 99.99])
+def test_percentile_matches_numpy(name, p):
+    x = distributions()[name]
+    s = stats_of(x)
+    width = s.width
+    lo, hi = select_range(s, MethodSpec("percentile", p), symmetric=False)
+    assert abs(hi - max(np.percentile(x, p), 0)) <= 2 * width
+    if x.min() < 0:
+        assert abs(lo - min(np.percentile(x, 100 - p), 0)) <= 2 * width
+    t = select_range(s, MethodSpec("percentile", p), symmetric=True)[1]
+    assert abs(t - np.percentile(np.abs(x), p)) <= 2 * width
+
+
+def reference_kl(counts, i, levels):
+    """TensorRT's loop, one candidate at a time (the reference the vectorised version must match)."""
+    sliced = counts[:i].astype(np.float64)
+    p = sliced.copy()
+    p[i - 1] += counts[i:].sum()
+    nonzero = sliced != 0
+    merged = i // levels
+    q = np.zeros(i)
+    for g in range(levels):
+        start, stop = g * merged, (g + 1) * merged if g < levels - 1 else i
+        n = nonzero[start:stop].sum()
+        if n:
+            q[start:stop] = np.where(nonzero[start:stop], sliced[start:stop].sum() / n, 0)
+    p, q = p / p.sum(), q / q.sum()
+    live = p > 0
+    if np.any(live & (q == 0)):
+        return np.inf
+    return float(np.sum(p[live] * np.log(p[live] / q[live])))
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace"])
+def test_entropy_kl_matches_reference_loop(name):
+    counts, edges = np.histogram(np.abs(distributions()[name]), bins=1024)
+    candidates = np.array([128, 129, 300, 511, 777, 1024])
+    ours = kl_divergences(counts, candidates, 128)
+    ref = [reference_kl(counts, int(i), 128) for i in candidates]
+    np.testing.assert_allclose(ours, ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace", "relu"])
+def test_entropy_threshold_is_the_reference_argmin(name):
+    x = np.abs(distributions()[name])
+    counts, edges = np.histogram(x, bins=512)
+    counts[0] = 0  # the method ignores the bin of exact zeros
+    ref = [reference_kl(counts, i, 128) for i in range(128, 513)]
+    best = edges[128 + int(np.argmin(ref))]
+    ours = entropy_threshold(edges, counts, levels=128, coarse=512)  # stride 1: exhaustive
+    assert ours == best
+    coarse = entropy_threshold(edges, counts, levels=128)  # strided then refined
+    assert reference_kl(counts, int(np.searchsorted(edges, coarse)), 128) <= min(ref) * 1.05
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace", "relu", "skewed"])
+def test_mse_is_near_the_true_optimum(name):
+    x = distributions()[name]
+    lo, hi = select_range(stats_of(x), MethodSpec("mse"), symmetric=False)
+    ours = true_mse(x, lo, hi)
+    grid = [true_mse(x, s * min(x.min(), 0), s * max(x.max(), 0)) for s in np.linspace(0.05, 1.0, 96)]
+    assert ours <= min(grid) * 1.10
+    assert ours < true_mse(x, min(x.min(), 0), max(x.max(), 0))  # better than no clipping
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+def test_ranges_contain_zero_and_are_symmetric_when_asked(method):
+    for x in distributions().values():
+        lo, hi = select_range(stats_of(x), MethodSpec(method), symmetric=False)
+        assert lo <= 0 <= hi and hi > lo
+        lo, hi = select_range(stats_of(x), MethodSpec(method), symmetric=True)
+        assert lo == -hi and hi > 0
+
+
+def test_one_sided_tensors_keep_a_zero_floor():
+    x = distributions()["relu"]
+    for method in ("percentile", "entropy", "mse"):
+        lo, hi = select_range(stats_of(x), MethodSpec(method), symmetric=False)
+        assert lo == 0.0 and 0 < hi <= x.max()
+
+
+def test_empty_stats_give_a_zero_range():
+    assert select_range(TensorStats(), MethodSpec("entropy"), symmetric=False) == (0.0, 0.0)
