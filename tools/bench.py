@@ -45,7 +45,8 @@ class Row:
     bytes: int | None = None
     wall_s: float | None = None
     peak_rss_mb: float | None = None
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # median
+    latency_min_ms: float | None = None
     max_abs_diff: float | None = None
     match: bool | None = None
     note: str = ""
@@ -92,7 +93,7 @@ def evaluate(mode: str, models: Sequence[Path], work: Path, opts: argparse.Names
     """Run tools/bench_eval.py in a fresh process; its JSON answer, or {"error": ...}."""
     command = [
         sys.executable, str(TOOLS_DIR / "bench_eval.py"), mode, *map(str, models), "--work", str(work),
-        "--spec", json.dumps(spec or {}), "--runs", str(opts.runs), "--threads", str(opts.threads),
+        "--spec", json.dumps(spec or {}), "--runs", str(opts.runs), "--threads", str(opts.threads), "--min-time", str(opts.min_time),
     ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=opts.timeout)
@@ -160,11 +161,13 @@ def bench_model(path: Path, tools: Sequence[Tool], setup_errors: dict[str, str],
             timed[output] = row
     log.info("%s: timing %d models", name, len(timed))
     result = evaluate("time", list(timed), work, opts)
+    rows[0].note = f"{result.get('rounds', '?')} timed rounds" if "error" not in result else ""
     for model, row in timed.items():
         if "error" in result:
             row.note = f"no latency: {result['error']}"
         else:
             row.latency_ms = result["latency_ms"][str(model)]
+            row.latency_min_ms = result["latency_min_ms"][str(model)]
     return rows
 
 
@@ -200,10 +203,13 @@ def render_markdown(rows: Sequence[Row], header: dict) -> str:
     """The results as a Markdown table, one row per (model, tool), the input model first."""
     lines = [
         f"Bench: {header.get('date', '')}, {header.get('machine', '')}; onnxruntime {header.get('onnxruntime', '')} CPU, "
-        f"{header.get('threads', '')} intra-op thread(s), latency = median of {header.get('runs', '')} runs.",
+        f"{header.get('threads', '')} intra-op thread(s); latency = median of >= {header.get('runs', '')} runs "
+        f"(>= {header.get('min_time_s', '')} s) per model, round-robin; load average at start {header.get('load_average', '')}.",
         "",
-        "| model | tool | nodes | Δ nodes | MB | time s | peak RSS MB | latency ms | vs input | max abs diff | match | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
+        "vs input = the input model's min latency / this output's min latency.",
+        "",
+        "| model | tool | nodes | Δ nodes | MB | time s | peak RSS MB | median ms | min ms | vs input | max abs diff | match | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
     ]
     baseline: dict[str, Row] = {}
     for row in rows:
@@ -212,8 +218,8 @@ def render_markdown(rows: Sequence[Row], header: dict) -> str:
         speedup = ""
         if row.tool != "input" and base is not None and row.nodes is not None and base.nodes is not None:
             delta = f"{row.nodes - base.nodes:+d}"
-        if row.tool != "input" and base is not None and row.latency_ms and base.latency_ms:
-            speedup = f"{base.latency_ms / row.latency_ms:.2f}x"
+        if row.tool != "input" and base is not None and row.latency_min_ms and base.latency_min_ms:
+            speedup = f"{base.latency_min_ms / row.latency_min_ms:.2f}x"
         match = "" if row.match is None else ("yes" if row.match else "NO")
         status = row.status if not row.note else f"{row.status} ({row.note})"
         status = status.replace("|", "\\|").replace("\n", " ")
@@ -222,7 +228,7 @@ def render_markdown(rows: Sequence[Row], header: dict) -> str:
         lines.append(
             f"| {row.model} | {row.tool} | {_cell(row.nodes, 'd')} | {delta} | "
             f"{'' if row.bytes is None else f'{row.bytes / 1e6:.1f}'} | {_cell(row.wall_s, '.1f')} | "
-            f"{_cell(row.peak_rss_mb, '.0f')} | {_cell(row.latency_ms, '.2f')} | {speedup} | "
+            f"{_cell(row.peak_rss_mb, '.0f')} | {_cell(row.latency_ms, '.2f')} | {_cell(row.latency_min_ms, '.2f')} | {speedup} | "
             f"{_cell(row.max_abs_diff, '.1e')} | {match} | {status} |"
         )
     return "\n".join(lines) + "\n"
@@ -243,6 +249,8 @@ def run_header(opts: argparse.Namespace, tools: Sequence[Tool]) -> dict:
         "onnxruntime": onnxruntime.__version__,
         "threads": opts.threads,
         "runs": opts.runs,
+        "min_time_s": opts.min_time,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "tools": {t.name: {"summary": t.summary, "requirements": list(t.requirements)} for t in tools},
     }
 
@@ -265,7 +273,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--setup", action="store_true", help="create the peers' venvs and exit")
     parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS, help=f"peers' venvs (default: {DEFAULT_VENVS})")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="work folder for outputs (default: ./bench-out)")
-    parser.add_argument("--runs", type=int, default=10, help="timed onnxruntime runs per model (default: 10)")
+    parser.add_argument("--runs", type=int, default=10, help="timed onnxruntime runs per model and tool, at least (default: 10)")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per model and tool, at least (default: 1)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per tool run (default: 600)")
     parser.add_argument("--md", type=Path, help="write the Markdown table here")

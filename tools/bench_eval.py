@@ -10,14 +10,17 @@ same inputs and compares; ``time`` measures all the given models in one process,
 Each prints one JSON object on its last stdout line.
 
 Latency: onnxruntime CPU, default graph optimizations, ``intra_op_num_threads=T``, sequential
-execution; after 2 warm-up runs each, N rounds of one run per model; the median per model.
-Round-robin timing spreads load from other processes evenly over the models compared.
+execution; after 2 warm-up runs each, rounds of one run per model (at least N, more for fast
+models: about ``--min-time`` seconds each); the median and the minimum per model. Round-robin
+timing spreads load from other processes evenly over the models compared; on a loaded machine
+the median reflects the CPU share the runs got, the minimum the model's own speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -31,6 +34,7 @@ import onnxruntime as ort
 from zoo_feeds import synthesize_feeds
 
 WARMUP_RUNS = 2
+MAX_ROUNDS = 500
 RTOL, ATOL = 1e-3, 1e-4  # fp32 outputs of an exact rewrite, after reassociation by the tools
 
 
@@ -110,20 +114,32 @@ def check(path: Path, work: Path) -> dict:
     return result
 
 
-def latencies(paths: list[Path], work: Path, runs: int, threads: int) -> dict:
-    """Median latency (ms) of each model, timed round-robin so that load from elsewhere hits all alike."""
+def latencies(paths: list[Path], work: Path, runs: int, threads: int, min_time: float) -> dict:
+    """Median latency (ms) of each model, timed round-robin so that load from elsewhere hits all alike.
+
+    At least ``runs`` rounds, and more (up to MAX_ROUNDS) until each model has run about
+    ``min_time`` seconds, so that fast models get enough samples for a stable median.
+    """
     feeds = load_arrays(work / "feeds.npz")
     sessions = [session(path, threads) for path in paths]
+    slowest = 0.0
     for sess in sessions:
         for _ in range(WARMUP_RUNS):
+            start = time.perf_counter()
             sess.run(None, feeds)
+            slowest = max(slowest, time.perf_counter() - start)
+    rounds = min(MAX_ROUNDS, max(runs, math.ceil(min_time / max(slowest, 1e-6))))
     times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
+    for _ in range(rounds):
         for sess, record in zip(sessions, times):
             start = time.perf_counter()
             sess.run(None, feeds)
             record.append((time.perf_counter() - start) * 1e3)
-    return {"latency_ms": {str(path): statistics.median(record) for path, record in zip(paths, times)}}
+    return {
+        "rounds": rounds,
+        "latency_ms": {str(path): statistics.median(record) for path, record in zip(paths, times)},
+        "latency_min_ms": {str(path): min(record) for path, record in zip(paths, times)},
+    }
 
 
 def main() -> int:
@@ -134,6 +150,7 @@ def main() -> int:
     parser.add_argument("--spec", default="{}", help="JSON: shapes, dims, ranges, text_image, seed (baseline only)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per model, at least")
     args = parser.parse_args()
     try:
         if args.mode == "baseline":
@@ -141,7 +158,7 @@ def main() -> int:
         elif args.mode == "check":
             result = check(args.models[0], args.work)
         else:
-            result = latencies(args.models, args.work, args.runs, args.threads)
+            result = latencies(args.models, args.work, args.runs, args.threads, args.min_time)
     except Exception as error:  # reported as data: the bench records it and goes on
         result = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"}
     sys.stdout.write(json.dumps(result) + "\n")

@@ -198,6 +198,15 @@ def check_model(path: Path, entry: ZooModel, net: TorchNet | None) -> dict:
     return info
 
 
+def count_nodes(path: Path) -> int | None:
+    import onnx
+
+    try:
+        return len(onnx.load(str(path), load_external_data=False).graph.node)
+    except Exception:  # noqa: BLE001 - a file we cannot parse is listed without a count
+        return None
+
+
 def _default_opset(model) -> int | None:
     return next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)
 
@@ -315,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (file_name, exporter) not in targets:
                 known = manifest["files"].get(file_name, {"file": file_name, "model": entry.name, "build_s": None})
                 known.update(bench_spec(entry))  # inputs may be described better than when it was built
+                if "nodes" not in known:
+                    known["nodes"] = count_nodes(args.out / file_name)
                 manifest["files"][file_name] = known
                 records.append({**known, "status": "present", "bytes": (args.out / file_name).stat().st_size})
         if not targets:
