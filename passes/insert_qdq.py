@@ -25,10 +25,11 @@ import time
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import version_converter
 
 from onnxslim.calibration import CalibrationSet, synthetic
 from onnxslim.errors import UsageError
-from onnxslim.graph import export_model, opset
+from onnxslim.graph import NameScope, export_model, import_model, opset
 from onnxslim.pipeline import Pass, PassContext, PassResult
 from onnxslim.quantization.calibrate import collect_stats, merged
 from onnxslim.quantization.emit import Emitter, QParams, activation_params
@@ -72,6 +73,8 @@ class InsertQdq(Pass):
             raise UsageError(f"INT8 quantization needs opset >= 10 (the model has {opset(graph)}); convert it first")
         opts = QuantOptions.from_dict(ctx.options_for(self.name))
         rules = rules_for(ctx.target, ctx.device).with_extra_ops(opts.extra_ops)
+        raised = _raise_opset_for_per_channel(graph, rules)
+        _name_nodes(graph)
         excluded = exclusion_matcher(opts.exclude)
         plan = make_plan(graph, rules, excluded)
         if not plan.layers:
@@ -119,13 +122,39 @@ class InsertQdq(Pass):
         details = ranges.rows(plan, params) + [{"detail": "float_layer", **s} for s in plan.skipped] + details
         details += [{"detail": "fallback", "layer": name, "reason": f"most sensitive layers kept in float for {opts.max_error}"}
                     for name in fallback]
-        counters.update({"fallback_layers": len(fallback), "tensors_calibrated": len(observed),
+        counters.update({"opset_raised_to_13": int(raised), "fallback_layers": len(fallback), "tensors_calibrated": len(observed),
                          "calib_samples": samples, "calib_seconds": round(calib_seconds, 3)})
         return PassResult(counters["qdq_pairs"] + counters["weights_quantized"] > 0, counters, details)
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _name_nodes(graph: gs.Graph) -> None:
+    """Give unnamed and same-named nodes unique names: the plan refers to layers by name."""
+    scope = NameScope(graph)
+    seen: set[str] = set()
+    for node in graph.nodes:
+        if not node.name or node.name in seen:
+            node.name = scope.fresh(f"{node.op}_{len(seen)}")
+        seen.add(node.name)
+
+
+def _raise_opset_for_per_channel(graph: gs.Graph, rules: PlacementRules) -> bool:
+    """Per-channel DequantizeLinear needs opset 13: convert an opset 10-12 graph in place."""
+    if not rules.per_channel or opset(graph) >= 13:
+        return False
+    try:
+        converted = version_converter.convert_version(export_model(graph.copy()), 13)
+    except Exception as exc:  # the converter raises several types; per-tensor weights still work
+        logger.warning("insert_qdq: cannot convert opset %d to 13 (%s); weights will be per-tensor", opset(graph), exc)
+        return False
+    new = import_model(converted)
+    graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
+    graph.opset, graph.import_domains = new.opset, new.import_domains
+    logger.info("insert_qdq: opset raised to 13 for per-channel weights")
+    return True
 
 
 def _observation_set(graph: gs.Graph, rules: PlacementRules, excluded, plan: QuantPlan, opts: QuantOptions) -> list[str]:

@@ -271,3 +271,17 @@ def test_low_opset_is_usage_error():
                        [init("w", np.eye(4, dtype=np.float32))], opset=9)
     with pytest.raises((UsageError, PassFailedError), match="opset"):
         quantize(model)
+
+
+def test_unnamed_nodes_and_opset_12_get_per_channel_weights():
+    model = resnet_block(opset=12)
+    for node in model.graph.node:
+        node.name = ""
+    out, rec = quantize(model, samples=32)
+    assert rec.counters["opset_raised_to_13"] == 1
+    assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 13
+    inits = inits_of(out)
+    weight_scales = [inits[n.input[1]] for n in out.graph.node
+                     if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).dtype == np.int8]
+    assert len(weight_scales) == 4 and all(s.ndim == 1 for s in weight_scales)
+    assert sqnr_db(model, out) > 20.0

