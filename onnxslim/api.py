@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxslim import io
 from onnxslim.errors import InputModelError, UsageError, VerificationFailedError
-from onnxslim.graph import export_model, export_parts, import_model
+from onnxslim.graph import export_model, export_parts, import_model, iter_subgraphs
 from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, PassRecord, Pipeline, get_pass, parse_pipeline, registry, without_passes
 from onnxslim.report import Report, file_digest
 from onnxslim.stats import compute as compute_stats
@@ -124,6 +124,14 @@ def _run(
     streaming: bool = False,
 ):
     graph = import_model(model)
+    unrepresentable = _unrepresentable_attribute(model)
+    if unrepresentable:  # onnx-graphsurgeon would silently drop it: leave the model as it is
+        logger.warning("model left unchanged: %s, which onnx-graphsurgeon cannot represent", unrepresentable)
+        ctx.notes.append({"pass": "import", "where": "model", "reason": f"left unchanged: {unrepresentable}"})
+        report.before = report.after = compute_stats(graph)
+        report.notes = ctx.notes
+        return _as_parts(model) if streaming else model
+    _untype_optionals(graph)
     apply_input_shapes(graph, ctx.input_shapes)
     if "infer_shapes" in registry():
         get_pass("infer_shapes")().run(graph, ctx)
@@ -138,8 +146,63 @@ def _run(
         report.notes = ctx.notes
     report.after = compute_stats(graph)
     if streaming:
-        return export_parts(graph, model)
-    return export_model(graph, model)
+        header, initializers = export_parts(graph, model)
+        _restore_io_types(header, model)
+        return header, initializers
+    return _restore_io_types(export_model(graph, model), model)
+
+
+_UNREPRESENTABLE_ATTRIBUTES = {onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS, onnx.AttributeProto.TENSORS,
+                               onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS, onnx.AttributeProto.GRAPHS}
+
+
+def _unrepresentable_attribute(model: onnx.ModelProto) -> str | None:
+    """The first node attribute onnx-graphsurgeon's importer skips (a type, a sparse tensor, ...)."""
+    nodes = [n for g in _graph_protos(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.type in _UNREPRESENTABLE_ATTRIBUTES and not attr.ref_attr_name:
+                kind = onnx.AttributeProto.AttributeType.Name(attr.type)
+                return f"node {node.name or node.output[0]!r} ({node.op_type}) has a {kind} attribute {attr.name!r}"
+    return None
+
+
+def _as_parts(model: onnx.ModelProto):
+    """``model`` split the way :func:`export_parts` returns it: a header and its initializers."""
+    header = onnx.ModelProto()
+    header.CopyFrom(model)
+    del header.graph.initializer[:]
+    return header, iter(model.graph.initializer)
+
+
+def _untype_optionals(graph: gs.Graph) -> None:
+    """onnx-graphsurgeon imports optional-typed values but cannot export them: drop their type
+    (passes then treat them as unknown), in subgraphs too; :func:`_restore_io_types` puts the
+    types of graph and subgraph inputs and outputs back from the original model."""
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.type not in ("tensor_type", "sequence_type", "sparse_tensor_type"):
+            tensor.dtype, tensor.shape = None, None
+    for node in graph.nodes:
+        for sub in iter_subgraphs(node):
+            _untype_optionals(sub)
+
+
+def _restore_io_types(out: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    types = {v.name: v.type for g in _graph_protos(original.graph) for v in [*g.input, *g.output]}
+    for g in _graph_protos(out.graph):
+        for value in [*g.input, *g.output]:
+            if not value.type.WhichOneof("value") and value.name in types:
+                value.type.CopyFrom(types[value.name])
+    return out
+
+
+def _graph_protos(graph: onnx.GraphProto):
+    """``graph`` and every subgraph inside it (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                yield from _graph_protos(sub)
 
 
 def _context(target, device, options, input_shapes, strict) -> PassContext:
