@@ -86,7 +86,8 @@ class InsertQdq(Pass):
         calibration = _calibration_set(ctx, reference, opts)
         stats, samples = collect_stats(reference, observed, calibration, bins=opts.bins,
                                        histogram=_needs_histogram(graph, observed, opts),
-                                       batch_size=opts.batch_size, progress=opts.progress)
+                                       batch_size=opts.batch_size, progress=opts.progress,
+                                       sample_cap=opts.histogram_sample)
         calib_seconds = time.perf_counter() - start
         ranges = _RangeBook(graph, stats, plan, rules, opts)
 

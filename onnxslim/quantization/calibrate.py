@@ -50,32 +50,36 @@ class Progress:
             self.stream.flush()
 
 
-def _counted(batches: Iterable[Feeds], progress: Progress) -> Iterator[Feeds]:
+def _counted(batches: Iterable[Feeds], progress: Progress, current: dict[str, int]) -> Iterator[Feeds]:
     for feeds in batches:
+        current["rows"] = int(next(iter(feeds.values())).shape[0]) if feeds else 0
         yield feeds
-        progress.advance(int(next(iter(feeds.values())).shape[0]) if feeds else 0)
+        progress.advance(current["rows"])
 
 
 def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationSet, *, bins: int = 2048,
                   histogram: bool | set[str] = True, batch_size: int = 8, progress: bool = False,
-                  threads: int | None = None) -> tuple[dict[str, TensorStats], int]:
+                  threads: int | None = None, sample_cap: int = 0) -> tuple[dict[str, TensorStats], int]:
     """Statistics of ``tensors`` over every sample of ``data`` (one inference per batch), and the sample count.
 
     ``histogram``: True for all tensors, False for min/max only, or the set of tensors that need one.
+    ``sample_cap``: histogram values taken per sample and tensor (0: all; min/max always see all).
     """
     if not tensors:
         return {}, 0
     wants = (lambda name: histogram) if isinstance(histogram, bool) else (lambda name: name in histogram)
-    stats = {name: TensorStats(bins, wants(name)) for name in tensors}
+    stats = {name: TensorStats(bins, wants(name), sample_cap) for name in tensors}
     collector = ActivationCollector(model, tensors, threads=threads)
     size = collector.fixed_batch or batch_size
     bar = Progress("calibrating", total=None, enabled=progress)
 
+    current = {"rows": 0}
+
     def observe(name: str, value: np.ndarray) -> None:
-        stats[name].update(value)
+        stats[name].update(value, current["rows"])
 
     start = time.perf_counter()
-    seen = collector.collect(_counted(data.batches(size), bar), observe, batch_size=size)
+    seen = collector.collect(_counted(data.batches(size), bar, current), observe, batch_size=size)
     bar.close()
     logger.info("calibration: %d samples, %d tensors, %.2fs", seen, len(tensors), time.perf_counter() - start)
     return stats, seen

@@ -13,6 +13,10 @@ multiset of values seen, never on how they were batched or chunked, and one pass
 ``H = 2 * bins``: the smallest grid that holds ``max |x|`` covers it with at least ``bins`` bins on
 its side, so a method asking for 2048 bins gets between 2048 and 4096 bins over ``[0, max |x|]``.
 Non-finite values are left out of the histogram and counted apart.
+
+Sampling: with ``sample_cap`` set and the batch size given, the histogram sees every k-th value
+of each sample (``k = ceil(values per sample / sample_cap)``), a pattern fixed per sample and so
+still independent of batching; min and max always see every value.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class TensorStats:
 
     bins: int = 2048
     histogram: bool = True
+    sample_cap: int = 0  # histogram values per sample (0: all)
     minimum: float = math.inf
     maximum: float = -math.inf
     count: int = 0
@@ -53,10 +58,16 @@ class TensorStats:
     # ---------------------------------------------------------------------------------------
     # Updating
 
-    def update(self, values: np.ndarray) -> None:
+    def update(self, values: np.ndarray, rows: int | None = None) -> None:
+        """Add ``values``; ``rows``: how many samples they hold along axis 0 (enables sampling)."""
         x = np.asarray(values)
         if x.dtype.kind != "f":
             x = x.astype(np.float32)
+        sampled = None
+        if self.histogram and self.sample_cap and rows and x.ndim and x.shape[0] == rows:
+            per = x.size // rows
+            if per > self.sample_cap:
+                sampled = x.reshape(rows, per)[:, :: -(-per // self.sample_cap)].reshape(-1)
         x = x.reshape(-1)
         if x.size == 0:
             return
@@ -74,6 +85,8 @@ class TensorStats:
         if not self.histogram:
             return
         self._grow_to(max(abs(lo), abs(hi)))
+        if sampled is not None:
+            x = sampled[np.isfinite(sampled)] if self.nonfinite else sampled
         self._add(x)
 
     def _required_exponent(self, magnitude: float) -> int:
@@ -118,7 +131,7 @@ class TensorStats:
         """A new TensorStats holding the values of both (exact)."""
         if other.bins != self.bins:
             raise ValueError("cannot merge histograms with different bin counts")
-        out = TensorStats(self.bins, self.histogram and other.histogram)
+        out = TensorStats(self.bins, self.histogram and other.histogram, self.sample_cap)
         out.minimum = min(self.minimum, other.minimum)
         out.maximum = max(self.maximum, other.maximum)
         out.count = self.count + other.count

@@ -56,6 +56,7 @@ class QuantOptions:
     extra_ops: frozenset = field(default_factory=frozenset)
     progress: bool = False
     synthetic_samples: int = 32  # when no calibration data is given
+    histogram_sample: int = 16384  # histogram values per sample and tensor (0: all)
 
     def method_for(self, tensor: str) -> MethodSpec:
         for o in self.overrides:
@@ -82,6 +83,9 @@ class QuantOptions:
         kwargs["keep_activations"] = bool(values.get("keep_activations", False))
         kwargs["extra_ops"] = frozenset(split_list(values.get("extra_ops", ())))
         kwargs["progress"] = bool(values.get("progress", False))
+        if "histogram_sample" in values:
+            kwargs["histogram_sample"] = 0 if values["histogram_sample"] in (0, "0") else parse_positive(
+                values["histogram_sample"], "histogram sample")
         if "synthetic_samples" in values:
             kwargs["synthetic_samples"] = parse_positive(values["synthetic_samples"], "synthetic samples")
         return cls(**kwargs)

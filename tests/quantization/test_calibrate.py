@@ -16,16 +16,16 @@ from tests.helpers import apply_passes, op_counts
 from tests.passes.test_insert_qdq import resnet_block
 
 
-def quantized_scales(model, calib, batch_size, method):
-    ctx = PassContext(options={"insert_qdq": {"method": method, "batch_size": batch_size}})
+def quantized_scales(model, calib, batch_size, method, **options):
+    ctx = PassContext(options={"insert_qdq": {"method": method, "batch_size": batch_size, **options}})
     ctx.data["calibration"] = calib
     out, records = apply_passes(model, "infer_shapes,insert_qdq", ctx)
     rows = [r for r in records[-1].details if r["detail"] == "tensor"]
     return {r["tensor"]: (r["range"], r["scale"], r["zero_point"]) for r in rows}
 
 
-@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
-def test_scales_bit_identical_for_batch_sizes(method, tmp_path):
+@pytest.mark.parametrize("method,sample", [("minmax", 0), ("percentile", 0), ("entropy", 0), ("mse", 0), ("entropy", 100)])
+def test_scales_bit_identical_for_batch_sizes(method, sample, tmp_path):
     model = resnet_block(c=16)
     rng = np.random.default_rng(1)
     # Stored in uneven chunks (7 files of 1..16 samples) so chunking differs from batching too.
@@ -34,7 +34,8 @@ def test_scales_bit_identical_for_batch_sizes(method, tmp_path):
         np.savez(tmp_path / f"part{i}.npz", x=rng.standard_normal((n, 3, 16, 16)).astype(np.float32))
     calib = load_calibration(tmp_path, model)
     assert len(calib) == sum(sizes) == 64
-    scales = [quantized_scales(model, calib, bs, method) for bs in (1, 8, 32)]
+    # sample=100: histograms see every k-th value of each sample (a per-sample pattern)
+    scales = [quantized_scales(model, calib, bs, method, histogram_sample=sample) for bs in (1, 8, 32)]
     assert scales[0] == scales[1] == scales[2]
     assert len(scales[0]) >= 8
 
