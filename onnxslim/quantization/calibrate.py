@@ -10,15 +10,19 @@ activations per sample.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Iterable, Iterator, TextIO
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from onnxslim.calibration import ActivationCollector, CalibrationSet
+from onnxslim.calibration.collect import _tensor_types
 from onnxslim.calibration.data import Feeds
+from onnxslim.io import TWO_GB
 from onnxslim.quantization.histogram import TensorStats
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,41 @@ class Progress:
             self.stream.flush()
 
 
+class OptimizedCollector(ActivationCollector):
+    """ActivationCollector whose session runs with onnxruntime's graph optimizations on.
+
+    The shared collector disables them; requested tensors stay graph outputs either way (onnxruntime
+    never fuses away a graph output), and the optimized session is several times faster on convs.
+    Models over 2 GB use the shared collector.
+    """
+
+    def __init__(self, model: onnx.ModelProto, tensor_names: list[str], threads: int | None = None,
+                 level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        self.names = list(dict.fromkeys(tensor_names))
+        types = _tensor_types(model)
+        augmented = onnx.ModelProto()
+        augmented.CopyFrom(model)
+        existing = {o.name for o in augmented.graph.output}
+        for name in self.names:
+            if name not in existing:
+                augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        self.session = ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        del augmented
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        fixed = {i.shape[0] for i in self.session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+        self.fixed_batch = fixed.pop() if len(fixed) == 1 else None
+
+
+def make_collector(model: onnx.ModelProto, tensors: list[str], threads: int | None = None) -> ActivationCollector:
+    if model.ByteSize() < TWO_GB // 2:
+        return OptimizedCollector(model, tensors, threads)
+    return ActivationCollector(model, tensors, threads=threads)
+
+
 def _counted(batches: Iterable[Feeds], progress: Progress, current: dict[str, int]) -> Iterator[Feeds]:
     for feeds in batches:
         current["rows"] = int(next(iter(feeds.values())).shape[0]) if feeds else 0
@@ -69,7 +108,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         return {}, 0
     wants = (lambda name: histogram) if isinstance(histogram, bool) else (lambda name: name in histogram)
     stats = {name: TensorStats(bins, wants(name), sample_cap) for name in tensors}
-    collector = ActivationCollector(model, tensors, threads=threads)
+    collector = make_collector(model, tensors, threads)
     size = collector.fixed_batch or batch_size
     bar = Progress("calibrating", total=None, enabled=progress)
 

@@ -51,7 +51,7 @@ class QuantOptions:
     overrides: tuple[Override, ...] = ()
     exclude: tuple[str, ...] = ()
     max_error: ErrorBudget | None = None
-    batch_size: int = 8
+    batch_size: int = 4
     keep_activations: bool = False
     extra_ops: frozenset = field(default_factory=frozenset)
     progress: bool = False

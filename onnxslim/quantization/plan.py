@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_value, is_constant, is_graph_output, opset
+from onnxslim.graph import constant_value, is_constant, opset
 from onnxslim.quantization.rules import COMPUTE_OPS, FOLDABLE_ACTIVATIONS, FLOAT_BY_DEFAULT, PlacementRules
 
 

@@ -285,3 +285,43 @@ def test_unnamed_nodes_and_opset_12_get_per_channel_weights():
                      if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).dtype == np.int8]
     assert len(weight_scales) == 4 and all(s.ndim == 1 for s in weight_scales)
     assert sqnr_db(model, out) > 20.0
+
+
+def test_op_coverage_sigmoid_mul_resize_concat_avgpool():
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="ca"),
+        helper.make_node("Sigmoid", ["a"], ["sa"], name="sig"),
+        helper.make_node("Mul", ["a", "sa"], ["m"], name="swish"),
+        helper.make_node("Resize", ["m", "", "scales"], ["up"], name="up", mode="nearest"),
+        helper.make_node("Conv", ["x2", "wb"], ["b"], name="cb"),
+        helper.make_node("Concat", ["up", "b"], ["cat"], name="cat", axis=1),
+        helper.make_node("AveragePool", ["cat"], ["pool"], name="avg", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["pool", "wc"], ["y"], name="cc"),
+    ]
+    inits = [init("wa", rng.standard_normal((16, 8, 1, 1)).astype(np.float32)),
+             init("wb", rng.standard_normal((16, 8, 1, 1)).astype(np.float32)),
+             init("wc", rng.standard_normal((16, 32, 1, 1)).astype(np.float32) / 4),
+             init("scales", np.array([1, 1, 2, 2], np.float32))]
+    model = make_model(nodes, [vi("x", [1, 8, 4, 4]), vi("x2", [1, 8, 8, 8])], [vi("y", [1, 16, 4, 4])], inits)
+    out, rec = quantize(model, samples=32)
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized == {"x", "x2", "a", "sa", "m", "up", "b", "cat", "pool"}
+    scales = {n.input[0]: n.input[1] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert scales["up"] == scales["m"]  # Resize moves values: same grid in and out
+    assert scales["b"] != scales["up"]  # ORT's QLinearConcat rescales, so inputs keep their own grids
+    assert rec.counters["int8_layers"] == 8  # 3 convs, Sigmoid, Mul, Resize, Concat, AveragePool
+    assert sqnr_db(model, out) > 20.0
+
+
+def test_softmax_float_unless_asked():
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Softmax", ["h"], ["p"], name="sm", axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"], name="mm2")]
+    inits = [init("w", rng.standard_normal((16, 16)).astype(np.float32)), init("v", rng.standard_normal((16, 16)).astype(np.float32))]
+    model = make_model(nodes, [vi("x", [1, 4, 16])], [vi("y", [1, 4, 16])], inits)
+    plain, _ = quantize(model)
+    assert reader_ops(plain, "h") == ["Softmax"]  # MatMul output goes to the float Softmax as is
+    asked, _ = quantize(model, extra_ops=("Softmax",))
+    sm = by_name(asked)["sm"]
+    assert next(n for n in asked.graph.node if n.output[0] == sm.input[0]).op_type == "DequantizeLinear"

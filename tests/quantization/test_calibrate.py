@@ -9,7 +9,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from onnxslim.calibration import load_calibration, synthetic
+from onnxslim.calibration import load_calibration
 from onnxslim.cli import main
 from onnxslim.pipeline import PassContext
 from tests.helpers import apply_passes, op_counts
