@@ -270,3 +270,17 @@ def test_bench_end_to_end_with_ort_basic(tmp_path):
     assert rows[1]["match"] is True and rows[1]["max_abs_diff"] == 0.0 and rows[1]["latency_ms"] >= rows[1]["latency_min_ms"] > 0
     assert rows[1]["peak_rss_mb"] > 10 and rows[1]["wall_s"] > 0
     assert "| tiny | ort-basic | 2 | -1 |" in md.read_text()
+
+
+def test_failing_tool_becomes_an_error_row(tmp_path):
+    opts = bench.parse_args(["--out", str(tmp_path), "--runs", "1"])
+    crash = bench_tools.Tool("crash", "raises", lambda b, i, o, w: [sys.executable, "-c", "raise ValueError('bad graph')"])
+    silent = bench_tools.Tool("silent", "writes nothing", lambda b, i, o, w: [sys.executable, "-c", "pass"])
+    src = tmp_path / "tiny.onnx"
+    tiny_model(src)
+    row, output = bench.run_tool(crash, "tiny", src, tmp_path, {}, opts)
+    assert output is None and row.status == "error: exit 1: ValueError: bad graph" and row.wall_s > 0
+    row, output = bench.run_tool(silent, "tiny", src, tmp_path, {}, opts)
+    assert output is None and row.status == "error: no output file written"
+    row, _ = bench.run_tool(silent, "tiny", src, tmp_path, {"silent": "setup: pip failed"}, opts)
+    assert row.status == "error: setup: pip failed" and row.wall_s is None

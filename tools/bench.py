@@ -50,6 +50,7 @@ class Row:
     max_abs_diff: float | None = None
     match: bool | None = None
     note: str = ""
+    report: str | None = None  # our CLI's report.json, where it wrote one
 
 
 # --------------------------------------------------------------------------- subprocesses
@@ -122,8 +123,9 @@ def run_tool(tool: Tool, name: str, src: Path, work: Path, setup_errors: dict[st
     """Run one tool on one model and check its output; the row and the output's path if it runs."""
     if tool.name in setup_errors:
         return Row(name, tool.name, status=f"error: {setup_errors[tool.name]}"), None
-    output = work / f"{tool.name}.onnx"
-    output.unlink(missing_ok=True)
+    output, report = work / f"{tool.name}.onnx", work / f"{tool.name}.report.json"
+    for stale in (output, report):
+        stale.unlink(missing_ok=True)
     log.info("%s: %s", name, tool.name)
     measured = measure(tool_command(tool, opts.venvs, src, output, work), opts.timeout, work, peer_env())
     row = Row(name, tool.name, wall_s=measured["wall_s"], peak_rss_mb=measured["peak_rss_mb"])
@@ -137,6 +139,7 @@ def run_tool(tool: Tool, name: str, src: Path, work: Path, setup_errors: dict[st
     if "error" in result:
         row.status = f"error: output does not run: {result['error']}"
         return row, None
+    row.report = str(report) if report.is_file() else None
     for key in ("nodes", "bytes", "max_abs_diff", "match", "note"):
         if key in result:
             setattr(row, key, result[key])
@@ -208,6 +211,10 @@ def render_markdown(rows: Sequence[Row], header: dict) -> str:
         "",
         "vs input = the input model's min latency / this output's min latency.",
         "",
+    ]
+    if (header.get("load_average") or [0.0])[0] > (os.cpu_count() or 1):
+        lines += ["Warning: the machine was loaded (load average above the core count): medians reflect CPU sharing; trust the minimums.", ""]
+    lines += [
         "| model | tool | nodes | Δ nodes | MB | time s | peak RSS MB | median ms | min ms | vs input | max abs diff | match | status |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
     ]
