@@ -89,7 +89,7 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 def _session(source: ModelSource) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures surface as exceptions; probing shapes must not spam stderr
     opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
     if isinstance(source, onnx.ModelProto):
         if source.ByteSize() < TWO_GB - 2**20:
