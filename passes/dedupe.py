@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from collections import deque
 from typing import Any, Callable, Hashable, Iterator
 
@@ -105,10 +106,11 @@ class _ValueKey:
 
     __slots__ = ("meta", "digest", "_read")
 
-    def __init__(self, meta: tuple, read: Callable[[], _Payload]):
-        tag, data = read()
-        self.meta = (meta, tag, len(data))
-        self.digest = hashlib.blake2b(data, digest_size=16).digest()
+    def __init__(self, meta: tuple, read: Callable[[], _Payload], known: tuple[tuple, bytes] | None = None):
+        if known is None:
+            tag, data = read()
+            known = ((meta, tag, len(data)), hashlib.blake2b(data, digest_size=16).digest())
+        self.meta, self.digest = known
         self._read = read
 
     def __hash__(self) -> int:
@@ -125,6 +127,34 @@ class _ValueKey:
 
 def _constant_key(constant: gs.Constant) -> _ValueKey:
     return _ValueKey(_constant_meta(constant), lambda: _constant_payload(constant))
+
+
+class _DigestCache:
+    """Digests of constants across the rounds of one pipeline run (one pass instance).
+
+    An entry is valid while the same constant object still holds the same values object
+    (both tracked by weak references, so dropped weights are not kept alive).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, weakref.ref | None, tuple, bytes]] = {}
+
+    def key(self, constant: gs.Constant) -> _ValueKey:
+        meta = _constant_meta(constant)
+        read = lambda: _constant_payload(constant)
+        values = getattr(constant, "_values", None)
+        entry = self._entries.get(id(constant))
+        if entry is not None:
+            ref, values_ref, full_meta, digest = entry
+            if ref() is constant and values_ref is not None and values_ref() is values and full_meta[0] == meta:
+                return _ValueKey(meta, read, (full_meta, digest))
+        key = _ValueKey(meta, read)
+        try:
+            values_ref = weakref.ref(values)
+        except TypeError:
+            values_ref = None
+        self._entries[id(constant)] = (weakref.ref(constant), values_ref, key.meta, key.digest)
+        return key
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +257,9 @@ class Dedupe(Pass):
 
     name = "dedupe"
 
+    def __init__(self) -> None:
+        self._digests = _DigestCache()
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         boundary = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
         outputs = {id(t) for t in graph.outputs}
@@ -248,7 +281,7 @@ class Dedupe(Pass):
             kept: dict[_ValueKey, gs.Constant] = {}
             for constant in members:
                 try:
-                    key = _constant_key(constant)
+                    key = self._digests.key(constant)
                 except _Unmergeable as why:
                     logger.debug("dedupe: not merging %s: %s", constant.name, why)
                     continue
