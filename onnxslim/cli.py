@@ -1,7 +1,9 @@
-"""The ``onnxslim`` command line: optimize, inspect, verify, passes.
+"""The ``onnxslim`` command line: optimize, inspect, verify, passes, report.
 
-Exit codes: 0 success; 1 verification failed; 2 bad input or usage; 3 internal error;
-130 interrupted. Errors are one line on stderr, never a traceback (``-v`` adds it for bugs).
+Exit codes (stable; docs/ci.md): 0 success; 1 verification failed, or a ``--fail-if`` condition
+holds; 2 bad input or usage; 3 internal error; 130 interrupted. Errors are one line on stderr,
+never a traceback (``-v`` adds it for bugs). ``optimize`` also reads ./onnxslim.toml or
+``--config`` (:mod:`onnxslim.config`); command-line flags override the file.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from typing import Any, Callable
 
 import click
 
-from onnxslim import api, io
+from onnxslim import api, config, io
 from onnxslim.errors import OnnxSlimError, UsageError, VerificationFailedError
 from onnxslim.graph import import_model
 from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, get_pass, registry
-from onnxslim.report import Report
+from onnxslim.progress import progress_disabled
+from onnxslim.report import Report, path_digest
+from onnxslim.reporting import failif
+from onnxslim.reporting.charts import require_matplotlib
+from onnxslim.reporting.html import write_html
 from onnxslim.stats import ModelStats, compute as compute_stats, human, human_bytes
 
 EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -110,9 +116,13 @@ def _stage_options(command):
     return command
 
 
+_FROM_REPORT_ALLOWED = {"model", "output", "report_path", "html_path", "fail_if", "quiet", "verbose", "from_report"}
+
+
 @_stage_options
-@main.command()
-@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@main.command(epilog="Exit codes: 0 ok; 1 verification failed or a --fail-if condition holds; 2 bad input or usage; "
+                     "3 internal error; 130 interrupted. Options also come from ./onnxslim.toml or --config (see docs/ci.md).")
+@click.argument("model", required=False, type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default: <name>.opt.onnx beside the input).")
 @click.option("--passes", "passes", help="Pipeline string, e.g. 'infer_shapes,[fold_constants,eliminate_dead]*8'.")
 @click.option("--skip", help="Comma-separated passes to leave out of the pipeline.")
@@ -126,100 +136,154 @@ def _stage_options(command):
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), help="Lossy pipelines: fail (exit 1) when an output's cosine to the original falls below this.")
 @click.option("--target", type=click.Choice(["ort", "tensorrt", "tvm"]), default="ort", show_default=True, help="Deployment target.")
 @click.option("--device", type=click.Choice(["x86", "arm", "cuda"]), default="x86", show_default=True, help="Target device.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write a machine-readable JSON report.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write a machine-readable JSON report (docs/report-schema.md).")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a self-contained HTML report with charts (needs onnxslim[report]).")
+@click.option("--fail-if", "fail_if", multiple=True, metavar="COND",
+              help="CI gate: exit 1 when COND holds, e.g. nodes-increased, bytes-increased, 'cosine<0.99', 'macs-reduction<0.2' "
+                   "(repeatable or comma-separated; grammar in docs/ci.md).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Read options from this TOML file (default: ./onnxslim.toml when present).")
+@click.option("--from-report", "from_report", type=click.Path(path_type=Path),
+              help="Rerun the run recorded in this report.json on its input (or MODEL), refusing an input whose sha256 differs.")
 @click.option("--save-external-data", is_flag=True, default=None, help="Write weights to <output>.data (automatic above 2 GB).")
 @click.option("--strict", is_flag=True, help="Fail when an optional rewrite cannot apply.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthesized verification inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @handle_errors
-def optimize(model, output, passes, skip, input_shapes, no_verify, verify_each, tolerance, inputs_file, calib_data,
-             calib_size, min_cosine, target, device, report_path, save_external_data, strict, seed, quiet, verbose,
-             **stage_values) -> None:
+def optimize(**params) -> None:
     """Optimize MODEL with the cleanup pipeline (plus any lossy stages asked for) and verify it."""
-    _setup_logging(verbose, quiet)
-    if tolerance is not None and not tolerance > 0:
-        raise UsageError("--tolerance must be a positive number")
-    if inputs_file is not None and not Path(inputs_file).is_file():
-        raise UsageError(f"--inputs {inputs_file}: no such file")
-    if report_path is not None:
-        io.check_output_path(report_path, [model])
-    shapes = parse_input_shapes(input_shapes)
-    try:
-        report = api.optimize_file(
-            model, output, passes=passes, skip=_split(skip), verify=not no_verify, verify_each=verify_each,
-            input_shapes=shapes, inputs_file=inputs_file, tolerance=tolerance,
-            external_data=True if save_external_data else None, strict=strict, seed=seed, target=target,
-            device=device, calib_data=calib_data, calib_size=calib_size, min_cosine=min_cosine,
-            stage_values=stage_values,
-        )
-    except VerificationFailedError as exc:
-        report = getattr(exc, "report", None)
-        if report is not None:
-            if not quiet:
-                click.echo(format_summary(report))
-            if report_path:
-                report.write_json(report_path)
-        _fail(str(exc), exc.exit_code)
+    ctx = click.get_current_context()
+    _setup_logging(params["verbose"], params["quiet"])
+    if params["from_report"] is not None:
+        _optimize_from_report(ctx, params)
         return
-    if report_path:
-        report.write_json(report_path)
+    found = config.find(params["config_path"])
+    loaded = config.load(found, ctx.command, ctx) if found else None
+    if loaded is not None:
+        params = config.merge(ctx, params, loaded)
+        _setup_logging(params["verbose"], params["quiet"])
+    if params["model"] is None:
+        raise UsageError("no MODEL given (on the command line, or as 'model' in onnxslim.toml)")
+    _optimize(params, config_used=loaded.describe() if loaded else None)
+
+
+def _optimize(params: dict[str, Any], config_used: dict[str, Any] | None = None) -> None:
+    p = dict(params)
+    model, report_path, html_path = p.pop("model"), p.pop("report_path"), p.pop("html_path")
+    conditions, quiet = failif.parse_conditions(p.pop("fail_if") or ()), p.pop("quiet")
+    for name in ("verbose", "config_path", "from_report"):
+        p.pop(name)
+    if p["tolerance"] is not None and not p["tolerance"] > 0:
+        raise UsageError("--tolerance must be a positive number")
+    if p["inputs_file"] is not None and not Path(p["inputs_file"]).is_file():
+        raise UsageError(f"--inputs {p['inputs_file']}: no such file")
+    _check_report_outputs(model, report_path, html_path)
+    shapes = parse_input_shapes(p.pop("input_shapes"))
+    output, passes, skip = p.pop("output"), p.pop("passes"), _split(p.pop("skip"))
+    options = dict(
+        passes=passes, skip=skip, verify=not p.pop("no_verify"), verify_each=p.pop("verify_each"), input_shapes=shapes,
+        inputs_file=p.pop("inputs_file"), tolerance=p.pop("tolerance"),
+        external_data=True if p.pop("save_external_data") else None, strict=p.pop("strict"), seed=p.pop("seed"),
+        target=p.pop("target"), device=p.pop("device"), calib_data=p.pop("calib_data"), calib_size=p.pop("calib_size"),
+        min_cosine=p.pop("min_cosine"), stage_values=p,
+    )
+    _run_and_finish(model, output, options, report_path, html_path, conditions, quiet, {"config": config_used})
+
+
+def _check_report_outputs(model, report_path, html_path) -> None:
+    for path in (report_path, html_path):
+        if path is not None:
+            io.check_output_path(path, [model])
+    if html_path is not None:
+        require_matplotlib()
+
+
+def _run_and_finish(model, output, options: dict[str, Any], report_path, html_path, conditions, quiet: bool,
+                    extra: dict[str, Any]) -> Report:
+    with progress_disabled(quiet):
+        try:
+            report = api.optimize_file(model, output, **options)
+        except VerificationFailedError as exc:
+            report = getattr(exc, "report", None)
+            if report is not None:
+                _describe(report, options, extra)
+                if not quiet:
+                    click.echo(format_summary(report))
+                _write_reports(report, report_path, html_path)
+            _fail(str(exc), exc.exit_code)
+    _describe(report, options, extra)
+    problem = None
+    if conditions:
+        try:
+            report.fail_if = failif.evaluate(conditions, report.to_dict())
+        except UsageError as exc:  # a metric this run did not measure
+            problem = exc
+    _write_reports(report, report_path, html_path)
     if not quiet:
         click.echo(format_summary(report))
+    if problem is not None:
+        raise problem
+    if any(row["holds"] for row in report.fail_if):
+        _fail(failif.failure_line(report.fail_if), EXIT_VERIFY)
+    return report
 
 
-def _delta(before: float, after: float, fmt: Callable[[float], str]) -> list[str]:
-    change = "" if before == 0 else f"{(after - before) / before * 100:+.1f}%"
-    return [fmt(before), fmt(after), change]
+def _describe(report: Report, options: dict[str, Any], extra: dict[str, Any]) -> None:
+    """What the report needs beyond the API's record: calibration digest, config file, origin."""
+    if options.get("calib_data") is not None and Path(options["calib_data"]).exists():
+        report.calibration = path_digest(options["calib_data"])
+    for key, value in extra.items():
+        if value is not None:
+            setattr(report, key, value)
 
 
-def format_summary(report: Report) -> str:
-    """The before/after table, op changes, time per pass and the verification line."""
-    b, a = report.before, report.after
-    lines = []
-    if b and a:
-        rows = [
-            ["nodes", *_delta(b.nodes, a.nodes, lambda v: f"{int(v)}")],
-            ["parameters", *_delta(b.parameters, a.parameters, human)],
-            ["MACs" + ("" if a.macs_exact else " (approx.)"), *_delta(b.macs, a.macs, human)],
-            ["weight bytes", *_delta(b.constant_bytes, a.constant_bytes, human_bytes)],
-        ]
-        if report.input.get("bytes") and report.output.get("bytes"):
-            rows.append(["file bytes", *_delta(report.input["bytes"], report.output["bytes"], human_bytes)])
-        lines += _table(["", "before", "after", "change"], rows)
-        changes = []
-        for op in sorted(set(b.ops) | set(a.ops)):
-            x, y = b.ops.get(op, 0), a.ops.get(op, 0)
-            if x != y:
-                changes.append(f"{op} {x}->{y}")
-        if changes:
-            lines.append("ops: " + ", ".join(changes))
-    totals = [t for t in report.pass_totals() if t["changed"] or t["seconds"] > 0.05]
-    if totals:
-        lines.append("")
-        lines += _table(["pass", "runs", "changed", "nodes removed", "seconds"],
-                        [[t["name"], str(t["runs"]), str(t["changed"]), str(t["nodes_removed"]), f"{t['seconds']:.3f}"] for t in totals])
-    if report.verification is not None:
-        lines.append("")
-        lines.append(report.verification.summary())
-    if report.output.get("path"):
-        lines.append(f"wrote {report.output['path']} in {report.seconds.get('total', 0):.2f}s")
-    return "\n".join(lines)
+def _write_reports(report: Report, report_path, html_path) -> None:
+    if report_path:
+        report.write_json(report_path)
+    if html_path:
+        write_html(report.to_dict(), html_path)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    numeric = [i > 0 and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
+def _optimize_from_report(ctx: click.Context, params: dict[str, Any]) -> None:
+    """Rerun a recorded run: its options, on its input (checked by sha256), into -o or the default output."""
+    from onnxslim.report import load_report, sha256_file
+    from onnxslim.reporting import reproduce
 
-    def fmt(row: list[str]) -> str:
-        cells = [str(c).rjust(w) if num else str(c).ljust(w) for c, w, num in zip(row, widths, numeric)]
-        return "  ".join(cells).rstrip()
+    source = ctx.get_parameter_source
+    changed = [name for name in params if name not in _FROM_REPORT_ALLOWED and source(name) == click.core.ParameterSource.COMMANDLINE]
+    if changed:
+        flag = next(o for o in ctx.command.params if o.name == changed[0]).opts[-1]
+        raise UsageError(f"--from-report reruns the recorded options; {flag} cannot change them "
+                         "(allowed with it: MODEL, -o, --report, --html, --fail-if, -q, -v)")
+    recorded = load_report(params["from_report"])
+    model, options = reproduce.prepare(recorded, params["model"])
+    conditions = failif.parse_conditions(params["fail_if"] or ())
+    _check_report_outputs(model, params["report_path"], params["html_path"])
+    origin = {"path": str(params["from_report"]), "sha256": sha256_file(params["from_report"]),
+              "output_sha256": (recorded.get("output") or {}).get("sha256")}
+    report = _run_and_finish(model, params["output"], options, params["report_path"], params["html_path"], conditions,
+                             params["quiet"], {"reproduced_from": origin, "config": recorded.get("config")})
+    if origin["output_sha256"] and report.output.get("sha256") != origin["output_sha256"]:
+        logging.getLogger("onnxslim").warning("the output differs from the recorded one (recorded with %s)",
+                                              ", ".join(f"{k} {v}" for k, v in (recorded.get("versions") or {}).items()))
 
-    return [fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]]
+
+# --------------------------------------------------------------------------------------------
+# report
 
 
-def _is_number(text: str) -> bool:
-    return bool(text) and (text[0].isdigit() or text[0] in "+-.") and text[-1] not in ":"
+@main.command(name="report")
+@click.argument("report_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--html", "html_path", type=click.Path(path_type=Path), required=True, help="Write the HTML page here.")
+@handle_errors
+def render_report(report_json, html_path) -> None:
+    """Render a saved report.json as a self-contained HTML page (needs onnxslim[report])."""
+    _setup_logging(0, True)
+    from onnxslim.report import load_report
+
+    data = load_report(report_json)
+    io.check_output_path(html_path, [report_json])
+    write_html(data, html_path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """The run report: what ran, what it cost, what it bought, and whether outputs still match.
 
-``Report.to_dict()`` follows a versioned schema (``SCHEMA``); the CLI writes it with --report.
+``Report.to_dict()`` follows a versioned schema (``SCHEMA``, documented field by field in
+docs/report-schema.md); the CLI writes it with --report and renders it with --html. Fields are
+only ever added within one schema version; a change that breaks a reader bumps the version.
+``onnxslim optimize --from-report report.json`` reruns the recorded options on the recorded
+input (checked by sha256), which reproduces the output byte for byte.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ from onnxslim.verify import VerificationResult
 SCHEMA = "onnxslim.report/1"
 
 
+SCHEMA_PREFIX = "onnxslim.report/"
+# Small model files are parsed for external-data references (large ones hold their weights).
+_EXTERNAL_DATA_PROBE_BYTES = 64 * 2**20
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
-    for dist in ("onnxslim", "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy"):
+    for dist in ("onnxslim", "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy", "protobuf", "click"):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -31,14 +40,77 @@ def versions() -> dict[str, str]:
     return found
 
 
-def file_digest(path: str | os.PathLike) -> dict[str, Any]:
-    """sha256 and size of a model file and of its external-data files beside it."""
-    path = Path(path)
+def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """sha256 and size of a model file and of its external-data files beside it.
+
+    ``bytes`` is the model file's size, ``total_bytes`` adds its external data; ``external_data``
+    lists each data file (path relative to the model's folder, bytes, sha256), empty when none.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    data = [{"path": name, "bytes": (path.parent / name).stat().st_size, "sha256": sha256_file(path.parent / name)}
+            for name in _external_data_files(path)]
+    return {"path": str(path), "bytes": size, "sha256": sha256_file(path), "external_data": data,
+            "total_bytes": size + sum(d["bytes"] for d in data)}
+
+
+def _external_data_files(path: Path) -> list[str]:
+    """Locations of external data a (small) model file refers to, that exist beside it."""
+    if path.stat().st_size > _EXTERNAL_DATA_PROBE_BYTES:
+        return []
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model we can parse: the digest of the file itself still stands
+        return []
+    names: set[str] = set()
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            names.update(e.value for e in tensor.external_data if e.key == "location")
+    return sorted(n for n in names if (path.parent / n).is_file())
+
+
+def path_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """sha256 of a file, or of a folder (over its files' relative paths and contents, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    h, total, count = hashlib.sha256(), 0, 0
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        h.update(rel.encode() + b"\0" + sha256_file(file).encode() + b"\n")
+        total += file.stat().st_size
+        count += 1
+    return {"path": str(path), "bytes": total, "files": count, "sha256": h.hexdigest()}
+
+
+def load_report(path: str | os.PathLike) -> dict[str, Any]:
+    """A report written by --report; UsageError when it is not one or its schema is unknown."""
+    from onnxslim.errors import UsageError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such report") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a JSON report: {exc}") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
+        raise UsageError(f"{path}: not an onnxslim report (no {SCHEMA_PREFIX}N schema field)")
+    if schema != SCHEMA:
+        raise UsageError(f"{path}: report schema {schema!r} is not the one this onnxslim reads ({SCHEMA!r})")
+    return data
 
 
 @dataclass
@@ -54,6 +126,13 @@ class Report:
     input: dict[str, Any] = field(default_factory=dict)
     output: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # Added in place within schema 1 (readers ignore what they do not know):
+    stages: list[dict[str, Any]] = field(default_factory=list)  # input, cleanup, each lossy pass, output
+    pass_stats: dict[int, dict[str, Any]] = field(default_factory=dict)  # index in passes -> stats before/after it
+    calibration: dict[str, Any] | None = None  # digest of --calib-data
+    config: dict[str, Any] | None = None  # the config file that supplied options, and its digest
+    reproduced_from: dict[str, Any] | None = None  # the report an --from-report run followed
+    fail_if: list[dict[str, Any]] = field(default_factory=list)  # --fail-if conditions and whether they held
 
     def pass_totals(self) -> list[dict[str, Any]]:
         """Time, runs and node delta per pass name, in first-run order."""
@@ -81,12 +160,23 @@ class Report:
                 "after": self.after.to_dict() if self.after else None,
             },
             "pass_totals": self.pass_totals(),
-            "passes": [r.to_dict() for r in self.passes],
+            "passes": [self._pass_dict(i, r) for i, r in enumerate(self.passes)],
             "verification": self.verification.to_dict() if self.verification else None,
             "verify_each": self.verify_each,
             "notes": self.notes,
             "seconds": self.seconds,
+            "stages": self.stages,
+            "calibration": self.calibration,
+            "config": self.config,
+            "reproduced_from": self.reproduced_from,
+            "fail_if": self.fail_if,
         }
+
+    def _pass_dict(self, index: int, record: PassRecord) -> dict[str, Any]:
+        out = record.to_dict()
+        if index in self.pass_stats:
+            out["stats"] = self.pass_stats[index]  # {"before": ..., "after": ...}, changed passes only
+        return out
 
     def write_json(self, path: str | os.PathLike) -> None:
         from onnxslim.io import staged  # atomic like every other output
