@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -23,35 +22,10 @@ from onnxslim.calibration import ActivationCollector, CalibrationSet
 from onnxslim.calibration.collect import _tensor_types
 from onnxslim.calibration.data import Feeds
 from onnxslim.io import TWO_GB
+from onnxslim.progress import ProgressBar
 from onnxslim.quantization.histogram import TensorStats
 
 logger = logging.getLogger(__name__)
-
-
-class Progress:
-    """A one-line progress counter on a TTY (stderr); silent elsewhere."""
-
-    def __init__(self, label: str, total: int | None = None, stream: TextIO | None = None, enabled: bool = True):
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.label, self.total, self.done = label, total, 0
-        self.start = time.perf_counter()
-        self._last = 0.0
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (now - self._last > 0.1):
-            self._last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            of = f"/{self.total}" if self.total else ""
-            self.stream.write(f"\r{self.label}: {self.done}{of} samples ({rate:.1f}/s)")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write(f"\r{self.label}: {self.done} samples in {time.perf_counter() - self.start:.1f}s\n")
-            self.stream.flush()
 
 
 class OptimizedCollector(ActivationCollector):
@@ -66,18 +40,21 @@ class OptimizedCollector(ActivationCollector):
                  level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
         self.names = list(dict.fromkeys(tensor_names))
         types = _tensor_types(model)
-        augmented = onnx.ModelProto()
-        augmented.CopyFrom(model)
-        existing = {o.name for o in augmented.graph.output}
+        # The requested tensors are added to ``model`` itself for the time it takes to serialize it,
+        # then removed: no second copy of the weights.
+        kept = len(model.graph.output)
+        existing = {o.name for o in model.graph.output}
         for name in self.names:
             if name not in existing:
-                augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+                model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = level
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        self.session = ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        del augmented
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        finally:
+            del model.graph.output[kept:]
         self.input_names = {i.name for i in self.session.get_inputs()}
         fixed = {i.shape[0] for i in self.session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
         self.fixed_batch = fixed.pop() if len(fixed) == 1 else None
@@ -89,11 +66,11 @@ def make_collector(model: onnx.ModelProto, tensors: list[str], threads: int | No
     return ActivationCollector(model, tensors, threads=threads)
 
 
-def _counted(batches: Iterable[Feeds], progress: Progress, current: dict[str, int]) -> Iterator[Feeds]:
+def _counted(batches: Iterable[Feeds], bar: ProgressBar, current: dict[str, int]) -> Iterator[Feeds]:
     for feeds in batches:
         current["rows"] = int(next(iter(feeds.values())).shape[0]) if feeds else 0
         yield feeds
-        progress.advance(current["rows"])
+        bar.update(current["rows"])
 
 
 def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationSet, *, bins: int = 2048,
@@ -110,7 +87,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
     stats = {name: TensorStats(bins, wants(name), sample_cap) for name in tensors}
     collector = make_collector(model, tensors, threads)
     size = collector.fixed_batch or batch_size
-    bar = Progress("calibrating", total=None, enabled=progress)
+    bar = ProgressBar("calibrating", total=None, unit="samples", enabled=None if progress else False)
 
     current = {"rows": 0}
 

@@ -41,7 +41,7 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 class MethodSpec:
     """A method and its parameter: ``percentile`` (e.g. 99.99) for the percentile method."""
 
-    name: str = "entropy"
+    name: str = "mse"
     percentile: float = 99.99
 
     def __str__(self) -> str:

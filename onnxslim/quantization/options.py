@@ -46,7 +46,7 @@ class Override:
 
 @dataclass(frozen=True)
 class QuantOptions:
-    method: MethodSpec = MethodSpec("entropy")
+    method: MethodSpec = MethodSpec("mse")  # best or near-best on every bench model
     bins: int = 2048
     overrides: tuple[Override, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -54,7 +54,7 @@ class QuantOptions:
     batch_size: int = 4
     keep_activations: bool = False
     extra_ops: frozenset = field(default_factory=frozenset)
-    progress: bool = False
+    progress: bool = True  # a bar on stderr when it is a terminal (onnxslim.progress)
     synthetic_samples: int = 32  # when no calibration data is given
     histogram_sample: int = 16384  # histogram values per sample and tensor (0: all)
 
@@ -69,7 +69,7 @@ class QuantOptions:
         """Build from ``ctx.options['insert_qdq']`` (already-parsed values or CLI strings)."""
         kwargs: dict[str, Any] = {}
         percentile = parse_percentile(values.get("percentile", 99.99))
-        method = values.get("method", "entropy")
+        method = values.get("method", "mse")
         kwargs["method"] = method if isinstance(method, MethodSpec) else parse_method(str(method), percentile)
         if "bins" in values:
             kwargs["bins"] = parse_bins(values["bins"])
@@ -82,7 +82,7 @@ class QuantOptions:
             kwargs["batch_size"] = parse_positive(values["batch_size"], "--calib-batch-size")
         kwargs["keep_activations"] = bool(values.get("keep_activations", False))
         kwargs["extra_ops"] = frozenset(split_list(values.get("extra_ops", ())))
-        kwargs["progress"] = bool(values.get("progress", False))
+        kwargs["progress"] = bool(values.get("progress", True))
         if "histogram_sample" in values:
             kwargs["histogram_sample"] = 0 if values["histogram_sample"] in (0, "0") else parse_positive(
                 values["histogram_sample"], "histogram sample")

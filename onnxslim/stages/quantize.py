@@ -12,7 +12,6 @@ pass warns loudly and calibrates on synthetic inputs. ``--quant-exclude``/``--ex
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import click
@@ -43,7 +42,7 @@ class QuantizeStage(Stage):
             click.Option(["--quantize", "quantize"], type=click.Choice(["int8"]), default=None,
                          help="Post-training quantization: insert Q/DQ pairs placed for --target/--device."),
             click.Option(["--calib-method", "calib_method"], type=click.Choice(METHODS), default=None,
-                         help="--quantize: activation range method (default entropy)."),
+                         help="--quantize: activation range method (default mse)."),
             click.Option(["--calib-percentile", "calib_percentile"], type=float, default=None, metavar="P",
                          help="--calib-method percentile: the percentile kept (default 99.99)."),
             click.Option(["--calib-bins", "calib_bins"], type=int, default=None, metavar="N",
@@ -71,7 +70,7 @@ class QuantizeStage(Stage):
             if used:
                 raise UsageError(f"--{used[0].replace('_', '-')} only applies with --quantize int8")
             return []
-        options: dict[str, Any] = {"progress": sys.stderr.isatty()}
+        options: dict[str, Any] = {}
         if values.get("calib_method"):
             options["method"] = values["calib_method"]
         if values.get("calib_percentile") is not None:
