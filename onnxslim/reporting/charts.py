@@ -141,7 +141,7 @@ def pass_time_chart(report: dict[str, Any]) -> str | None:
         bars = ax.barh(range(len(totals)), [t["seconds"] for t in totals], color=colors)
         ax.bar_label(bars, [f"{t['seconds']:.3f}s ×{t['runs']}" for t in totals], fontsize=7, padding=2)
         ax.set_yticks(range(len(totals)), [t["name"] for t in totals])
-        ax.set_xlabel("seconds (all runs of the pass; blue: changed the graph)")
+        ax.set_xlabel("seconds")
         ax.margins(x=0.2)
         return fig
 
@@ -174,7 +174,7 @@ def quant_sensitivity_chart(report: dict[str, Any]) -> str | None:
                      fontsize=7, padding=2)
         ax.margins(x=0.15)
         ax.set_yticks(range(len(rows)), [_short(r["layer"]) for r in rows])
-        ax.set_xlabel("SQNR of the outputs with only this layer quantized (dB; lower = more sensitive; orange: kept in float)")
+        ax.set_xlabel("output SQNR with only this layer quantized (dB)")
         return fig
 
     return _render("quant-sensitivity", build)
@@ -196,7 +196,7 @@ def quant_ranges_chart(report: dict[str, Any]) -> str | None:
         ax.barh(range(len(rows)), [kept(r) for r in rows], color=AFTER)
         ax.set_yticks(range(len(rows)), [f"{_short(r['tensor'])} ({r.get('method', '')})" for r in rows])
         ax.set_xlim(0, 1.05)
-        ax.set_xlabel("fraction of the observed activation range the calibrated range keeps (the rest is clipped)")
+        ax.set_xlabel("fraction of the observed range kept")
         return fig
 
     return _render("quant-ranges", build)
@@ -215,10 +215,15 @@ def svd_chart(report: dict[str, Any]) -> str | None:
         left.barh(ys, [r["energy_kept"] for r in rows], color=[AFTER if r.get("factorized") else BEFORE for r in rows])
         left.set_yticks(list(ys), [f"{_short(r['layer'], 30)} r={r.get('rank')}/{r.get('full_rank')}" for r in rows])
         left.set_xlim(0, 1.05)
-        left.set_xlabel("spectral energy kept (grey: left alone)")
+        left.set_xlabel("energy kept")
         left.set_title("SVD: energy per layer")
-        right.barh(ys, [e or 0.0 for e in errors], color=WARN)
-        right.set_xlabel("relative output error (held-out, else calibration; 0: not measured)")
+        if any(e is not None for e in errors):
+            right.barh(ys, [e or 0.0 for e in errors], color=WARN)
+        else:
+            right.text(0.5, 0.5, "not measured\n(data-aware SVD with --calib-data measures it)", ha="center", va="center",
+                       transform=right.transAxes, color="#718096")
+            right.set_xticks([])
+        right.set_xlabel("relative output error")
         right.set_title("SVD: error per layer")
         return fig
 
@@ -238,7 +243,7 @@ def pruning_chart(report: dict[str, Any]) -> str | None:
         ax.bar_label(bars, [f"{r['channels_before']}→{r['channels_after']}" for r in rows], fontsize=7, padding=2)
         ax.set_yticks(range(len(rows)), [_short(r.get("group", "?")) for r in rows])
         ax.set_xlim(0, 1.1)
-        ax.set_xlabel("fraction of channels removed (grey: left alone)")
+        ax.set_xlabel("fraction of channels removed")
         return fig
 
     return _render("pruning", build)
@@ -271,13 +276,18 @@ def fidelity_chart(report: dict[str, Any]) -> str | None:
     return _render("fidelity", build)
 
 
-CHARTS: dict[str, tuple[str, Callable[[dict[str, Any]], str | None]]] = {
-    "chart-ops": ("Operator histogram", ops_chart),
-    "chart-stages": ("MACs, parameters and bytes per stage", stages_chart),
-    "chart-pass-time": ("Time per pass", pass_time_chart),
-    "chart-fidelity": ("Fidelity of each lossy stage", fidelity_chart),
-    "chart-pruning": ("Pruning ratios per group", pruning_chart),
-    "chart-svd": ("SVD energy and error per layer", svd_chart),
-    "chart-quant-sensitivity": ("Quantization sensitivity per layer", quant_sensitivity_chart),
-    "chart-quant-ranges": ("Quantization ranges per tensor", quant_ranges_chart),
+CHARTS: dict[str, tuple[str, Callable[[dict[str, Any]], str | None], str]] = {
+    "chart-ops": ("Operator histogram", ops_chart, "Nodes per operator in the input (grey) and the output (blue)."),
+    "chart-stages": ("MACs, parameters and bytes per stage", stages_chart,
+                     "After each stage: the input, the cleanup pipeline, then each lossy pass in order."),
+    "chart-pass-time": ("Time per pass", pass_time_chart, "Seconds over every run of the pass (×runs); blue: it changed the graph."),
+    "chart-fidelity": ("Fidelity of each lossy stage", fidelity_chart,
+                       "The model as it stands after each lossy pass against the original, on the held-out inputs of the final check."),
+    "chart-pruning": ("Pruning ratios per group", pruning_chart, "Fraction of each group's channels removed (before→after); grey: left alone."),
+    "chart-svd": ("SVD energy and error per layer", svd_chart,
+                  "Spectral energy the kept rank holds (grey: left alone) and the layer's relative output error (held-out, else calibration)."),
+    "chart-quant-sensitivity": ("Quantization sensitivity per layer", quant_sensitivity_chart,
+                                "Output SQNR with only this layer quantized (lower is more sensitive); orange: kept in float to meet the budget."),
+    "chart-quant-ranges": ("Quantization ranges per tensor", quant_ranges_chart,
+                           "Fraction of the observed activation range that the calibrated range keeps (the rest is clipped)."),
 }

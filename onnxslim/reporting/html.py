@@ -23,7 +23,7 @@ table{border-collapse:collapse;background:#fff;font-size:12px;margin:6px 0} th,t
 td.n{text-align:right;font-variant-numeric:tabular-nums} th{background:#edf2f7}
 figure{background:#fff;border:1px solid #e2e8f0;border-radius:6px;margin:10px 0;padding:8px}
 figure svg{max-width:100%;height:auto;display:block} figcaption{font-weight:600;margin-bottom:4px}
-.ok{color:#2f855a;font-weight:600} .bad{color:#c53030;font-weight:600} .empty{color:#718096;font-style:italic}
+.note{color:#4a5568;font-size:12px;margin:4px 0 0} .ok{color:#2f855a;font-weight:600} .bad{color:#c53030;font-weight:600} .empty{color:#718096;font-style:italic}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:0 16px}
 details{margin:6px 0} summary{cursor:pointer;font-weight:600}
 """
@@ -103,9 +103,9 @@ def _fail_if(report: dict[str, Any]) -> str:
 
 def _charts(report: dict[str, Any]) -> str:
     out = []
-    for chart_id, (title, make) in CHARTS.items():
+    for chart_id, (title, make, note) in CHARTS.items():
         svg = make(report)
-        body = svg if svg else f'<p class="empty">Nothing to show: this run has no data for it.</p>'
+        body = f'{svg}<p class="note">{_e(note)}</p>' if svg else '<p class="empty">Nothing to show: this run has no data for it.</p>'
         out.append(f'<figure id="{chart_id}"><figcaption>{_e(title)}</figcaption>{body}</figure>')
     return "".join(out)
 

@@ -14,7 +14,7 @@ from onnxslim.errors import UsageError
 from onnxslim.report import SCHEMA, file_digest, load_report, path_digest
 from tests.reporting.conftest import invoke
 
-LOSSY = ("--prune", "0.25", "--quantize", "int8")
+LOSSY = ("--svd", "rank=4", "--svd-min-size", "4", "--quantize", "int8")
 
 
 def sha(path: Path) -> str:
@@ -55,16 +55,16 @@ def test_report_has_versions_hashes_pipeline_and_options(example, tmp_path):
 def test_lossy_stages_record_stats_and_fidelity(example, tmp_path):
     _, report = run_lossy(example, tmp_path)
     names = [s["name"] for s in report["stages"]]
-    assert names == ["input", "cleanup", "prune_channels", "insert_qdq"]
-    prune, quant = report["stages"][2], report["stages"][3]
-    assert prune["stats"]["macs"] < report["stages"][1]["stats"]["macs"]
-    for stage in (prune, quant):
+    assert names == ["input", "cleanup", "factorize_svd", "insert_qdq"]
+    svd, quant = report["stages"][2], report["stages"][3]
+    assert svd["stats"]["macs"] < report["stages"][1]["stats"]["macs"]
+    for stage in (svd, quant):
         assert stage["fidelity"] and stage["fidelity"][0]["name"] == "logits"
         assert -1 <= stage["fidelity"][0]["cosine"] <= 1 and stage["fidelity"][0]["samples"] == 8
     # the last lossy stage measures what the final verification measures (same held-out inputs)
     assert quant["fidelity"][0]["cosine"] == pytest.approx(report["verification"]["fidelity"][0]["cosine"], abs=1e-6)
     details = {p["name"]: p["details"] for p in report["passes"] if p["details"]}
-    assert {"prune_channels", "insert_qdq"} <= set(details)
+    assert {"factorize_svd", "insert_qdq"} <= set(details)
 
 
 def test_from_report_reproduces_byte_identical_output(example, tmp_path):
@@ -131,7 +131,8 @@ def test_from_report_checks_calibration_data(example, tmp_path):
 
     calib = tmp_path / "calib.npz"
     np.savez(calib, input=np.random.default_rng(0).standard_normal((10, 3, 32, 32)).astype(np.float32))
-    args = ("optimize", example, "-o", tmp_path / "a.onnx", "--prune", "0.25", "--calib-data", calib, "--report", tmp_path / "r.json", "-q")
+    args = ("optimize", example, "-o", tmp_path / "a.onnx", "--svd", "rank=4", "--svd-min-size", "4", "--calib-data", calib,
+            "--report", tmp_path / "r.json", "-q")
     assert invoke(*args).exit_code == 0
     recorded = json.loads((tmp_path / "r.json").read_text())
     assert recorded["calibration"]["sha256"] == path_digest(calib)["sha256"]
