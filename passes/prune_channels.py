@@ -137,7 +137,7 @@ def _collect(graph, calibration, stats, layers, opts, ctx) -> None:
 
     names = list(stats.sums) if stats else []
     names += [n for n in layers if n not in names]
-    grams = GramCollector(layers, int(opts.get("positions", 2048)), int(ctx.data.get("seed", 0)))
+    grams = GramCollector(layers, int(opts.get("positions", 1024)), int(ctx.data.get("seed", 0)))
     collector = ActivationCollector(export_model(graph), names)
 
     def observe(name: str, value: np.ndarray) -> None:

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from scipy.linalg import solve_triangular
 
 from onnxslim.graph import NameScope, constant_value, make_constant, make_node
 
-RIDGES = (1e-4, 1e-3, 1e-2, 1e-1)
+RIDGES = (1e-3, 1e-2, 1e-1)
 
 
 @dataclass
@@ -137,27 +138,33 @@ class GramCollector:
             layer.rows += rows.shape[0]
 
 
-def _error(g: np.ndarray, full: np.ndarray, cols: np.ndarray, v: np.ndarray) -> float:
-    """|| X~ full^T - X~_cols v^T ||^2 from the Gram of X~."""
-    g_cols = g[cols]
-    a = np.sum((full @ g) * full)
-    b = np.sum((v @ g_cols) * full)
-    c = np.sum((v @ g_cols[:, cols]) * v)
-    return float(a - 2 * b + c)
+class _LeastSquares:
+    """Ridge solutions on the fitting Gram, their error on the validation Gram, in closed form.
 
+    With ``Vt = V^T`` ([kept + 1, out]): ``error = a - 2 <Vt, G_k,: W~^T> + <G_kk Vt, Vt>``.
+    """
 
-class _RidgeSolver:
-    """Solutions of (G_kk + r s I) V^T = G_k,: W~^T for several ridges r, one eigendecomposition."""
+    def __init__(self, fit: np.ndarray, val: np.ndarray, full: np.ndarray, cols: np.ndarray):
+        self.fit_kk, self.fit_rhs = fit[np.ix_(cols, cols)], fit[cols] @ full.T
+        self.val_kk, self.val_rhs = val[np.ix_(cols, cols)], val[cols] @ full.T
+        self.val_ref = max(float(np.sum((full @ val) * full)), 1e-30)
 
-    def __init__(self, g: np.ndarray, full: np.ndarray, cols: np.ndarray):
-        gkk = g[np.ix_(cols, cols)]
-        self.scale = float(np.mean(np.diag(gkk))) or 1.0
-        self.values, self.vectors = np.linalg.eigh(gkk)
-        self.projected = self.vectors.T @ (g[cols] @ full.T)
+    @staticmethod
+    def solve(gkk: np.ndarray, rhs: np.ndarray, ridge: float) -> np.ndarray | None:
+        scale = float(np.mean(np.diag(gkk))) or 1.0
+        a = gkk.astype(np.float32)  # single precision halves the cost; the ridge keeps it well conditioned
+        a[np.diag_indices_from(a)] += np.float32(ridge * scale)
+        try:
+            lower = np.linalg.cholesky(a)
+        except np.linalg.LinAlgError:
+            return None
+        y = solve_triangular(lower, rhs.astype(np.float32), lower=True, check_finite=False)
+        return solve_triangular(lower.T, y, lower=False, check_finite=False).astype(np.float64)
 
-    def solve(self, ridge: float) -> np.ndarray:
-        inv = 1.0 / np.maximum(self.values + ridge * self.scale, 1e-12 * self.scale)
-        return (self.vectors @ (inv[:, None] * self.projected)).T
+    def val_error(self, vt: np.ndarray) -> float:
+        """Held-out error relative to the held-out energy of the original output."""
+        err = self.val_ref - 2 * np.sum(vt * self.val_rhs) + np.sum((self.val_kk @ vt) * vt)
+        return float(err) / self.val_ref
 
 
 def refit(layer: Layer, in_keep: np.ndarray, out_keep: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -167,23 +174,23 @@ def refit(layer: Layer, in_keep: np.ndarray, out_keep: np.ndarray) -> tuple[np.n
         return None
     per = layer.weight.shape[1] // in_keep.size
     feat = (np.flatnonzero(in_keep)[:, None] * per + np.arange(per)[None, :]).ravel()
-    d = layer.weight.shape[1]
-    cols = np.concatenate([feat, [d]])
+    cols = np.concatenate([feat, [layer.weight.shape[1]]])
     full = np.concatenate([layer.weight, layer.bias[:, None]], axis=1)[out_keep]
-    base = _error(layer.val, full, cols, full[:, cols])
+    ls = _LeastSquares(layer.fit, layer.val, full, cols)
+    base = ls.val_error(full[:, cols].T)
     best, best_err = None, base
-    solver = _RidgeSolver(layer.fit, full, cols)
     for ridge in RIDGES:
-        err = _error(layer.val, full, cols, solver.solve(ridge))
+        vt = ls.solve(ls.fit_kk, ls.fit_rhs, ridge)
+        err = ls.val_error(vt) if vt is not None else float("inf")
         if err < best_err:
             best, best_err = ridge, err
-    ref = max(float(np.sum((full @ layer.val) * full)), 1e-30)
-    layer.result = {"recon_err_before": round(base / ref, 6), "recon_err_after": round(best_err / ref, 6),
-                    "ridge": best, "rows": layer.rows}
+    layer.result = {"recon_err_before": round(base, 6), "recon_err_after": round(best_err, 6), "ridge": best, "rows": layer.rows}
     if best is None:
         return None
-    v = _RidgeSolver(layer.fit + layer.val, full, cols).solve(best)
-    return v[:, :-1], v[:, -1]
+    vt = ls.solve(ls.fit_kk + ls.val_kk, ls.fit_rhs + ls.val_rhs, best)
+    if vt is None:
+        return None
+    return vt[:-1].T, vt[-1]
 
 
 def write_back(graph: gs.Graph, layer: Layer, weight: np.ndarray, bias: np.ndarray, scope: NameScope) -> None:
