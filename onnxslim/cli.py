@@ -268,6 +268,60 @@ def _optimize_from_report(ctx: click.Context, params: dict[str, Any]) -> None:
                                               ", ".join(f"{k} {v}" for k, v in (recorded.get("versions") or {}).items()))
 
 
+def _delta(before: float, after: float, fmt: Callable[[float], str]) -> list[str]:
+    change = "" if before == 0 else f"{(after - before) / before * 100:+.1f}%"
+    return [fmt(before), fmt(after), change]
+
+
+def format_summary(report: Report) -> str:
+    """The before/after table, op changes, time per pass and the verification line."""
+    b, a = report.before, report.after
+    lines = []
+    if b and a:
+        rows = [
+            ["nodes", *_delta(b.nodes, a.nodes, lambda v: f"{int(v)}")],
+            ["parameters", *_delta(b.parameters, a.parameters, human)],
+            ["MACs" + ("" if a.macs_exact else " (approx.)"), *_delta(b.macs, a.macs, human)],
+            ["weight bytes", *_delta(b.constant_bytes, a.constant_bytes, human_bytes)],
+        ]
+        if report.input.get("bytes") and report.output.get("bytes"):
+            rows.append(["file bytes", *_delta(report.input["bytes"], report.output["bytes"], human_bytes)])
+        lines += _table(["", "before", "after", "change"], rows)
+        changes = []
+        for op in sorted(set(b.ops) | set(a.ops)):
+            x, y = b.ops.get(op, 0), a.ops.get(op, 0)
+            if x != y:
+                changes.append(f"{op} {x}->{y}")
+        if changes:
+            lines.append("ops: " + ", ".join(changes))
+    totals = [t for t in report.pass_totals() if t["changed"] or t["seconds"] > 0.05]
+    if totals:
+        lines.append("")
+        lines += _table(["pass", "runs", "changed", "nodes removed", "seconds"],
+                        [[t["name"], str(t["runs"]), str(t["changed"]), str(t["nodes_removed"]), f"{t['seconds']:.3f}"] for t in totals])
+    if report.verification is not None:
+        lines.append("")
+        lines.append(report.verification.summary())
+    if report.output.get("path"):
+        lines.append(f"wrote {report.output['path']} in {report.seconds.get('total', 0):.2f}s")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    numeric = [i > 0 and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        cells = [str(c).rjust(w) if num else str(c).ljust(w) for c, w, num in zip(row, widths, numeric)]
+        return "  ".join(cells).rstrip()
+
+    return [fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]]
+
+
+def _is_number(text: str) -> bool:
+    return bool(text) and (text[0].isdigit() or text[0] in "+-.") and text[-1] not in ":"
+
+
 # --------------------------------------------------------------------------------------------
 # report
 
