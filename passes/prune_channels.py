@@ -62,14 +62,15 @@ class PruneChannels(Pass):
         if not cg.slots:
             ctx.decline(self.name, where="graph", reason="no Conv/Gemm/MatMul layer with constant weights")
             return PassResult(False)
-        criterion = opts.get("criterion", "l1")
+        criterion = opts.get("criterion") or ("activation" if ctx.data.get("calibration") is not None else "l1")
         calibration, real = _calibration(graph, ctx, opts, criterion)
         flag = opts.get("reconstruct")
         reconstruct = real if flag is None else bool(flag)
         layers = _reconstruction_layers(cg) if reconstruct and calibration is not None else {}
         stats = ActivationStats(cg, measured_slots(cg)) if criterion == "activation" else None
-        if calibration is not None and (stats or layers):
-            _collect(graph, calibration, stats, layers, opts, ctx)
+        original = export_model(graph) if calibration is not None and (stats or layers) else None
+        if original is not None:
+            _collect(original, calibration, stats, layers, opts, ctx)
         scores, fell_back = _scores(cg, criterion, stats)
         selector = Selector(cg, scores, int(opts.get("round_to", 1)))
         cost = CostModel(graph, cg)
@@ -92,7 +93,7 @@ class PruneChannels(Pass):
             "channels_removed": int(sum(r["channels_before"] - r["channels_after"] for r in details)),
             "macs_before": int(cost.total_macs),
             "macs_after": int(macs_after),
-            "layers_reconstructed": sum(1 for r in refits if r.get("refit")),
+            "layers_reconstructed": len({r["layer"] for r in refits if r.get("refit")}),
         }
         if ratio_note is not None:
             counters["ratio"] = round(ratio_note, 4)
@@ -132,13 +133,13 @@ def _reconstruction_layers(cg: ChannelGraph) -> dict[str, list[Layer]]:
     return layers
 
 
-def _collect(graph, calibration, stats, layers, opts, ctx) -> None:
+def _collect(original, calibration, stats, layers, opts, ctx) -> None:
     from onnxslim.calibration import ActivationCollector
 
     names = list(stats.sums) if stats else []
     names += [n for n in layers if n not in names]
     grams = GramCollector(layers, int(opts.get("positions", 1024)), int(ctx.data.get("seed", 0)))
-    collector = ActivationCollector(export_model(graph), names)
+    collector = ActivationCollector(original, names)
 
     def observe(name: str, value: np.ndarray) -> None:
         if stats:

@@ -75,7 +75,7 @@ class PruneStage(Stage):
             click.Option(["--prune-macs", "prune_macs"], metavar="FRACTION",
                          help="Prune channels until this fraction of the MACs is removed (e.g. 0.5)."),
             click.Option(["--prune-criterion", "prune_criterion"], type=click.Choice(CRITERIA), default=None,
-                         help="Channel importance: weight L1/L2 norm, BN gamma, or mean |activation| on --calib-data (default l1)."),
+                         help="Channel importance: weight L1/L2 norm, BN gamma, or mean |activation| on --calib-data (default: activation with --calib-data, else l1)."),
             click.Option(["--prune-round-to", "prune_round_to"], type=int, metavar="N",
                          help="Keep channel counts multiples of N (default 1)."),
             click.Option(["--prune-reconstruct/--no-prune-reconstruct", "prune_reconstruct"], default=None,
@@ -100,7 +100,7 @@ class PruneStage(Stage):
         round_to = extras["prune_round_to"]
         if round_to is not None and not 1 <= int(round_to) <= 4096:
             raise UsageError(f"--prune-round-to must be between 1 and 4096, got {round_to}")
-        options["criterion"] = extras["prune_criterion"] or "l1"
+        options["criterion"] = extras["prune_criterion"]  # None: activation with --calib-data, else l1
         options["round_to"] = int(round_to or 1)
         options["reconstruct"] = extras["prune_reconstruct"]
         ctx.options[PASS_NAME] = options
