@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -123,16 +124,18 @@ def _run(
     ctx: PassContext,
     verify_each: _VerifyEach | None,
     streaming: bool = False,
+    weights: dict[str, np.ndarray] | None = None,
     recorder: StageRecorder | None = None,
 ):
     graph = import_model(model)
+    _attach_weights(graph, weights)
     unrepresentable = _unrepresentable_attribute(model)
     if unrepresentable:  # onnx-graphsurgeon would silently drop it: leave the model as it is
         logger.warning("model left unchanged: %s, which onnx-graphsurgeon cannot represent", unrepresentable)
         ctx.notes.append({"pass": "import", "where": "model", "reason": f"left unchanged: {unrepresentable}"})
         report.before = report.after = compute_stats(graph)
         report.notes = ctx.notes
-        return _as_parts(model) if streaming else model
+        return _as_parts(model, weights) if streaming else model
     _untype_optionals(graph)
     apply_input_shapes(graph, ctx.input_shapes)
     if "infer_shapes" in registry():
@@ -171,12 +174,22 @@ def _unrepresentable_attribute(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def _as_parts(model: onnx.ModelProto):
+def _as_parts(model: onnx.ModelProto, weights: dict[str, np.ndarray] | None = None):
     """``model`` split the way :func:`export_parts` returns it: a header and its initializers."""
     header = onnx.ModelProto()
     header.CopyFrom(model)
     del header.graph.initializer[:]
-    return header, iter(model.graph.initializer)
+    weights = weights or {}
+    tensors = (onnx.numpy_helper.from_array(np.asarray(weights[t.name]), t.name) if t.name in weights else t for t in model.graph.initializer)
+    return header, tensors
+
+
+def _attach_weights(graph: gs.Graph, weights: dict[str, np.ndarray] | None) -> None:
+    """Constants whose data is memory-mapped from external data (see :func:`io.map_external_data`)."""
+    for tensor in graph.tensors().values() if weights else ():
+        if isinstance(tensor, gs.Constant) and tensor.name in weights:
+            tensor.values = weights[tensor.name]
+            tensor.data_location = None  # exported with its bytes; the writer decides where they go
 
 
 def _untype_optionals(graph: gs.Graph) -> None:
@@ -374,16 +387,24 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     io.check_output_path(output, [input_path])
     io.check_not_input_data(output, input_path)
     build_pipeline(opts.passes, opts.skip)  # usage errors before loading a large model
-    model = io.load(input_path)
+    model = io.load(input_path, load_external_data=False)
+    # Weights in external data are memory-mapped, never copied into the process (read into the
+    # proto only when they cannot be mapped, or for lossy stages, which run it in onnxruntime).
+    weights = io.map_external_data(model, input_path)
+    if weights is None:
+        io.read_external_data(model, input_path)
     check_model(model, input_path)
     if opts.inputs_file is not None:
         check_inputs_file(opts.inputs_file, model, opts.input_shapes)
     pipeline, ctx = _prepare(model, opts)
+    if weights and pipeline.lossy:
+        io.read_external_data(model, input_path)
+        weights = None
     report = Report(pipeline=str(pipeline), options=opts.to_dict())
     report.input = file_digest(input_path)
     report.seconds["load"] = time.perf_counter() - t0
     hook = _VerifyEach(model, str(input_path), opts.input_shapes, opts.inputs_file, opts.tolerance, opts.seed) if opts.verify_each else None
-    out_header, out_initializers = _run(model, report, pipeline, ctx, hook, streaming=True, recorder=StageRecorder(model, ctx, opts))
+    out_header, out_initializers = _run(model, report, pipeline, ctx, hook, streaming=True, weights=weights, recorder=StageRecorder(model, ctx, opts))
     header = onnx.ModelProto()
     header.graph.input.extend(model.graph.input)
     input_names = {i.name for i in model.graph.input}
@@ -398,7 +419,7 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
         t1 = time.perf_counter()
         staged_file = tmp / output.name
         written = io.write_streaming(out_header, out_initializers, staged_file, external)
-        del out_header, out_initializers, model
+        del out_header, out_initializers, model, weights  # unmaps the input weights before verification
         gc.collect()
         report.seconds["save"] = time.perf_counter() - t1
         if opts.verify:
@@ -409,9 +430,10 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
         final = failed_output_name(output) if failed else output
         if failed:  # rare: re-save under the failed name so external-data names match it
             io.save(io.load(staged_file), final, external_data=len(written) > 1)
-        else:
+            report.output = file_digest(final)
+        else:  # digest the staged files (same names and bytes): the commit is the last step, so
+            report.output = {**file_digest(staged_file), "path": str(final)}  # Ctrl-C after it is rare
             io.commit(tmp, final, written)
-    report.output = file_digest(final)
     report.seconds["total"] = time.perf_counter() - t0
     if failed:
         err = VerificationFailedError(f"{report.verification.summary()}; output kept as {final}")

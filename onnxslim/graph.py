@@ -69,10 +69,38 @@ def export_parts(graph: gs.Graph, template: onnx.ModelProto | None = None) -> tu
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
 
     def initializers() -> Iterator[onnx.TensorProto]:
+        from onnxslim.io import ArrayTensor
+
         for tensor in constants:
-            yield OnnxExporter.export_tensor_proto(tensor)
+            if _plain_array(tensor):  # large NumPy values go to the writer as they are: no copy
+                yield ArrayTensor(tensor.name, tensor.values)
+            else:
+                yield OnnxExporter.export_tensor_proto(tensor)
 
     return model, initializers()
+
+
+def _plain_array(tensor: gs.Constant, min_bytes: int = 2**20) -> bool:
+    """Loaded values of a builtin numeric dtype, exported as that dtype, with no data location."""
+    values = tensor._values
+    return (
+        isinstance(values, np.ndarray)
+        and values.nbytes >= min_bytes
+        and values.dtype.isbuiltin == 1
+        and values.dtype.kind in "biuf"
+        and values.dtype.byteorder in ("=", "<", "|")
+        and _same_dtype(tensor.export_dtype, values.dtype)
+        and tensor.data_location is None
+    )
+
+
+def _same_dtype(export_dtype, dtype: np.dtype) -> bool:
+    if export_dtype is None:
+        return True
+    try:  # an ONNX data type number (bfloat16, float8, ...) is not a NumPy dtype
+        return not isinstance(export_dtype, int) and np.dtype(export_dtype) == dtype
+    except TypeError:
+        return False
 
 
 def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:

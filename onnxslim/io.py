@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -64,12 +65,50 @@ def load(path: str | os.PathLike, load_external_data: bool = True) -> onnx.Model
     if not model.HasField("graph") or (not model.opset_import and not model.graph.node and not model.graph.output):
         raise InputModelError(f"{path}: not an ONNX model (no graph)")
     if load_external_data:
-        _check_external_data(model, path.parent)
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as exc:
-            raise InputModelError(f"{path}: cannot load external data: {exc}") from exc
+        read_external_data(model, path)
     return model
+
+
+def read_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Read the external data of ``model`` (saved at ``path``) into its tensors."""
+    path = Path(path)
+    _check_external_data(model, path.parent)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise InputModelError(f"{path}: cannot load external data: {exc}") from exc
+
+
+def map_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """Memory-map the external data of the main graph's initializers instead of reading it.
+
+    Returns initializer name -> read-only-on-disk array (copy-on-write ``np.memmap``): weights are
+    paged in from the file when a pass reads them and never copied into the process otherwise.
+    None when some external tensor cannot be mapped (a Constant attribute, a subgraph
+    initializer, a packed or string dtype, a length that does not match): read it instead.
+    """
+    path = Path(path)
+    _check_external_data(model, path.parent)
+    helper = onnx.external_data_helper
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in model.graph.initializer:
+        if not helper.uses_external_data(tensor):
+            continue
+        info = helper.ExternalDataInfo(tensor)
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            return None
+        shape = tuple(int(d) for d in tensor.dims)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if tensor.data_type == onnx.TensorProto.STRING or dtype.kind == "O" or (info.length and info.length != nbytes):
+            return None
+        if nbytes == 0:
+            arrays[tensor.name] = np.zeros(shape, dtype)
+            continue
+        arrays[tensor.name] = np.memmap(path.parent / info.location, dtype=dtype, mode="c", offset=info.offset or 0, shape=shape)
+    external = sum(1 for t in helper._get_all_tensors(model) if helper.uses_external_data(t))
+    return arrays if external == len(arrays) else None
 
 
 def _check_external_data(model: onnx.ModelProto, base: Path) -> None:
@@ -232,7 +271,7 @@ def skeleton(model: onnx.ModelProto, inline_limit: int = 1024) -> onnx.ModelProt
     g.sparse_initializer.extend(src.sparse_initializer)
     declared = {i.name for i in src.input}
     for t in src.initializer:
-        if t.ByteSize() <= inline_limit:
+        if t.ByteSize() <= inline_limit and not onnx.external_data_helper.uses_external_data(t):
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -256,11 +295,27 @@ _GRAPH_INITIALIZER_TAG = bytes([(5 << 3) | 2])  # GraphProto.initializer, length
 _PAGE = 4096
 
 
+class ArrayTensor:
+    """An initializer that :func:`write_streaming` takes straight from its array: no TensorProto
+    and no copy of the bytes (a memory-mapped weight goes from the page cache to the file)."""
+
+    def __init__(self, name: str, array: np.ndarray):
+        self.name, self.array = name, array
+        self.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+        self.dims = array.shape
+
+    def buffer(self) -> memoryview:
+        return memoryview(np.ascontiguousarray(self.array)).cast("B")
+
+    def proto(self) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array(np.asarray(self.array), self.name)
+
+
 def write_streaming(header: onnx.ModelProto, initializers, file: Path, external_data: bool, data_threshold: int = 1024) -> list[Path]:
     """Write ``header`` (a model without initializers) plus ``initializers`` one at a time.
 
-    ``initializers`` is an iterable of TensorProto made on demand, so only one tensor's bytes
-    are serialized at any moment. Protobuf merges repeated occurrences of the ``graph`` field,
+    ``initializers`` is an iterable of TensorProto (or :class:`ArrayTensor`) made on demand, so
+    only one tensor's bytes are serialized at any moment. Protobuf merges repeated occurrences of the ``graph`` field,
     so each initializer is appended as its own small ``graph`` chunk. With ``external_data``,
     tensors over ``data_threshold`` bytes go to ``<file name>.data`` (large ones page-aligned so
     onnxruntime can map them).
@@ -273,11 +328,14 @@ def write_streaming(header: onnx.ModelProto, initializers, file: Path, external_
             fh.write(header.SerializeToString())
             offset = 0
             for tensor in initializers:
-                if external_data and tensor.data_type != onnx.TensorProto.STRING and _tensor_data_size(tensor) > data_threshold:
+                if isinstance(tensor, ArrayTensor) and not (external_data and tensor.array.nbytes > data_threshold):
+                    tensor = tensor.proto()
+                if isinstance(tensor, ArrayTensor) or (
+                        external_data and tensor.data_type != onnx.TensorProto.STRING and _tensor_data_size(tensor) > data_threshold):
                     if data_fh is None:
                         data_fh = open(file.parent / data_name, "wb")
                         files.append(file.parent / data_name)
-                    raw = _raw_bytes(tensor)
+                    raw = tensor.buffer() if isinstance(tensor, ArrayTensor) else _raw_bytes(tensor)
                     if len(raw) >= 2**20 and offset % _PAGE:
                         pad = _PAGE - offset % _PAGE
                         data_fh.write(b"\0" * pad)
@@ -307,7 +365,7 @@ def write_streaming(header: onnx.ModelProto, initializers, file: Path, external_
 
 
 def _tensor_data_size(tensor: onnx.TensorProto) -> int:
-    return len(tensor.raw_data) if tensor.HasField("raw_data") else tensor.ByteSize()
+    return tensor.ByteSize()  # len(tensor.raw_data) would copy the bytes just to count them
 
 
 def _raw_bytes(tensor: onnx.TensorProto) -> bytes:

@@ -91,6 +91,9 @@ def _session(source: ModelSource) -> ort.InferenceSession:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4  # failures surface as exceptions; probing shapes must not spam stderr
     opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
+    # No pre-packed copies of constant weights: verification runs each model a few times, and
+    # packing a 2 GB model's MatMul weights took 4.5 s and a second copy's worth of memory.
+    opts.add_session_config_entry("session.disable_prepacking", "1")
     if isinstance(source, onnx.ModelProto):
         if source.ByteSize() < TWO_GB - 2**20:
             return ort.InferenceSession(source.SerializeToString(), opts, providers=["CPUExecutionProvider"])
