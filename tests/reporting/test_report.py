@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -136,6 +137,9 @@ def test_from_report_checks_calibration_data(example, tmp_path):
     assert invoke(*args).exit_code == 0
     recorded = json.loads((tmp_path / "r.json").read_text())
     assert recorded["calibration"]["sha256"] == path_digest(calib)["sha256"]
+    same = invoke("optimize", "--from-report", tmp_path / "r.json", "-o", tmp_path / "same.onnx", "-q")
+    assert same.exit_code == 0, same.output
+    assert (tmp_path / "same.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
     np.savez(calib, input=np.zeros((10, 3, 32, 32), np.float32))
     result = invoke("optimize", "--from-report", tmp_path / "r.json", "-o", tmp_path / "b.onnx")
     assert result.exit_code == 2 and "calibration data" in result.stderr
@@ -153,3 +157,14 @@ def test_digest_of_external_data_and_folders(tmp_path, example):
     assert folder["files"] == 2 and len(folder["sha256"]) == 64
     (path.parent / "m.weights").write_bytes(b"x")
     assert path_digest(path.parent)["sha256"] != folder["sha256"]
+
+
+def test_schema_doc_names_every_top_level_key(example, tmp_path):
+    assert invoke("optimize", example, "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json", "-q").exit_code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "report-schema.md").read_text()
+    documented = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", doc, flags=re.M):
+        documented.update(re.findall(r"`([a-z_]+)(?:\.[a-z_]+)?`", cell))
+    assert set(report) - documented == set()
+    assert SCHEMA in doc
