@@ -34,7 +34,7 @@ from onnxslim.pipeline import Pass, PassContext, PassResult
 from onnxslim.quantization.calibrate import collect_stats, merged
 from onnxslim.quantization.emit import Emitter, QParams, activation_params
 from onnxslim.quantization.histogram import TensorStats
-from onnxslim.quantization.methods import select_range
+from onnxslim.quantization.methods import effective_method, select_range
 from onnxslim.quantization.options import QuantOptions
 from onnxslim.quantization.plan import QuantPlan, exclusion_matcher, make_plan
 from onnxslim.quantization.rules import PlacementRules, rules_for
@@ -233,7 +233,8 @@ class _RangeBook:
                 self._cache[key] = (None, method, None)
             else:
                 lo, hi = select_range(pooled, method, self.rules.symmetric_activations)
-                self._cache[key] = ((lo, hi), method, pooled)
+                used = effective_method(pooled, method)
+                self._cache[key] = ((lo, hi), method if used == method else f"{method}->{used} (few values)", pooled)
         return self._cache[key]
 
     def _method(self, tensor: str):

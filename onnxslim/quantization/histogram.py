@@ -164,11 +164,14 @@ class TensorStats:
         edges = (np.arange(first, last + 1, dtype=np.float64) - self.half) * self.width
         return edges, self.counts[first:last].astype(np.float64)
 
-    def magnitude(self) -> tuple[np.ndarray, np.ndarray]:
-        """(edges, counts) of |x| over [0, top]: bin j holds |x| in [j*w, (j+1)*w)."""
+    def magnitude(self, side: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(edges, counts) of |x| over [0, top]: bin j holds |x| in [j*w, (j+1)*w).
+
+        ``side``: 0 for all values, +1 for the values >= 0 only, -1 for the values < 0 only.
+        """
         assert self.counts is not None and self.exponent is not None
-        pos = self.counts[self.half :]
-        neg = self.counts[: self.half][::-1]  # bin -1 holds (-w, 0): |x| in (0, w)
+        pos = self.counts[self.half :] if side >= 0 else np.zeros(self.half, np.int64)
+        neg = self.counts[: self.half][::-1] if side <= 0 else np.zeros(self.half, np.int64)  # bin -1: |x| in (0, w]
         folded = (pos + neg).astype(np.float64)
         nz = np.flatnonzero(folded)
         last = int(nz[-1]) + 1 if nz.size else 1

@@ -18,8 +18,9 @@ Methods:
                 bin) is merged into as many bins as the grid has levels and expanded back (Q);
                 ``t`` minimises KL(P || Q). Candidates are scanned on a stride, then refined around
                 the best one bin at a time. The bin holding exact zeros is left out (a ReLU's
-                zeros would otherwise pull the threshold down). Two-sided tensors use the ``|x|``
-                threshold, clipped to the observed range.
+                zeros would otherwise pull the threshold down). Two-sided tensors search each
+                side apart, with the share of the 256 levels that the side's span takes. With
+                fewer than 16 values per histogram bin the KL estimate is noise, and mse is used.
 ``mse``         minimises the expected squared quantization error over the histogram: values
                 beyond the range cost their clipping error, values inside cost ``step**2 / 12``
                 (``x**2`` when they round to zero).
@@ -48,10 +49,23 @@ class MethodSpec:
         return f"percentile:{self.percentile:g}" if self.name == "percentile" else self.name
 
 
+# The KL search needs data: below this many histogram values per bin it falls back to mse.
+ENTROPY_MIN_VALUES_PER_BIN = 16
+
+
+def effective_method(stats: TensorStats, method: MethodSpec) -> MethodSpec:
+    """``method``, or mse for entropy on too few values (e.g. squeeze-excite vectors)."""
+    if method.name == "entropy" and stats.counts is not None:
+        if float(stats.counts.sum()) < ENTROPY_MIN_VALUES_PER_BIN * stats.bins:
+            return MethodSpec("mse", method.percentile)
+    return method
+
+
 def select_range(stats: TensorStats, method: MethodSpec, symmetric: bool) -> tuple[float, float]:
     """The range ``[lo, hi]`` (lo <= 0 <= hi) for ``stats`` under ``method``."""
     if stats.empty:
         return 0.0, 0.0
+    method = effective_method(stats, method)
     lo, hi = min(stats.minimum, 0.0), max(stats.maximum, 0.0)
     if method.name == "minmax" or stats.counts is None or lo == hi:
         if symmetric:
@@ -180,9 +194,13 @@ def _two_sided(stats: TensorStats, method: MethodSpec, lo: float, hi: float) -> 
         p = method.percentile / 100.0
         return min(_quantile(edges, counts, 1.0 - p), 0.0), max(_quantile(edges, counts, p), 0.0)
     if method.name == "entropy":
-        edges, counts = stats.magnitude()
-        t = entropy_threshold(edges, counts, levels=128)
-        return max(lo, -t), min(hi, t)
+        # Each side gets its own KL search, with the share of the 256 levels its span takes.
+        top = {}
+        for side, span in ((1, hi), (-1, -lo)):
+            edges, counts = stats.magnitude(side)
+            levels = int(min(255, max(16, round(256 * span / (hi - lo)))))
+            top[side] = min(entropy_threshold(edges, counts, levels=levels), span)
+        return -top[-1], top[1]
     if method.name == "mse":
         edges, counts = stats.signed()
         scales = np.linspace(1.0 / 64, 1.0, 256)
