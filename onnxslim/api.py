@@ -434,6 +434,13 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
         else:  # digest the staged files (same names and bytes): the commit is the last step, so
             report.output = {**file_digest(staged_file), "path": str(final)}  # Ctrl-C after it is rare
             io.commit(tmp, final, written)
+    emit_options = ctx.options.get("emit")
+    if emit_options and not failed:  # --emit DIR (stage "target"): deployable artifacts for --target/--device
+        from onnxslim.targets import emit
+
+        t3 = time.perf_counter()
+        report.output["emit"] = emit(ctx.target, ctx.device, final, emit_options["dir"], emit_options["options"]).to_dict()
+        report.seconds["emit"] = time.perf_counter() - t3
     report.seconds["total"] = time.perf_counter() - t0
     if failed:
         err = VerificationFailedError(f"{report.verification.summary()}; output kept as {final}")
