@@ -102,8 +102,10 @@ def refusal(target: str, device: str) -> str | None:
     return None
 
 
-def validate(target: str, device: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Check emit options before any work (UsageError, one line); returns them normalized."""
+def validate(target: str, device: str, options: dict[str, Any], model=None) -> dict[str, Any]:
+    """Check emit options before any work (UsageError, one line); returns them normalized.
+
+    ``model`` (a ModelProto, weights not needed) allows checks that depend on its inputs."""
     if target not in TARGETS:
         raise UsageError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
     if device not in DEVICES:
@@ -112,7 +114,7 @@ def validate(target: str, device: str, options: dict[str, Any]) -> dict[str, Any
     if why:
         raise UsageError(f"--emit --target tensorrt --device x86: {why}")
     module = _module(target)
-    return module.validate(device, dict(options))
+    return module.validate(device, dict(options), model)
 
 
 def emit(target: str, device: str, model_path: str | os.PathLike, out_dir: str | os.PathLike,

@@ -40,7 +40,7 @@ MIN_QDQ_COSINE = 0.999
 _LARGE_MODEL_BYTES = 1_500_000_000  # above this the optimized model keeps its weights in a .data file
 
 
-def validate(device: str, options: dict[str, Any]) -> dict[str, Any]:
+def validate(device: str, options: dict[str, Any], model=None) -> dict[str, Any]:
     if options.get("ort_format") and device == "cuda":
         raise UsageError("--ort-format: the ORT format is for CPU mobile/minimal builds; use --device x86 or arm")
     threads = options.get("threads")

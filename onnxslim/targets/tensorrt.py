@@ -39,7 +39,7 @@ _DEFAULT_BATCH = (1, 1, 8)
 _DEFAULT_OTHER = (1, 128, 512)
 
 
-def validate(device: str, options: dict[str, Any]) -> dict[str, Any]:
+def validate(device: str, options: dict[str, Any], model=None) -> dict[str, Any]:
     precision = options.get("precision") or "auto"
     if precision not in PRECISIONS:
         raise UsageError(f"--trt-precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
