@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -197,13 +197,18 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | 
 
 @contextlib.contextmanager
 def staged(path: Path) -> Iterator[Path]:
-    """A temporary folder beside ``path``, removed on exit whatever happens."""
+    """A temporary folder beside ``path``, removed on exit whatever happens.
+
+    Its name is chosen before it is created, so that Ctrl-C landing just after the mkdir still
+    removes it (with ``tempfile.mkdtemp`` it could arrive before the name was returned).
+    """
     parent = path.resolve().parent
+    tmp_dir = parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write in {parent}: {exc.strerror}") from exc
-    try:
+        try:
+            tmp_dir.mkdir(mode=0o700)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write in {parent}: {exc.strerror}") from exc
         yield tmp_dir
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -202,6 +202,8 @@ CATALOG = [
     Case("calib-empty-folder", "empty", _model(conv, "--calib-data", _folder("calib"))),
     Case("calib-not-npz", "expected a .npz file", _model(conv, "--calib-data", lambda d: _write(d / "c.txt", b"1,2,3"))),
     Case("calib-size-zero", "must be positive", _model(conv, "--calib-size", "0", "--calib-data", _npz("c.npz", x=np.zeros((4, 3, 8, 8), np.float32)))),
+    Case("quantize-already-quantized", "already quantized", _model(models.quantized, "--quantize", "int8")),
+    Case("prune-and-prune-macs", "either --prune or --prune-macs", _model(conv, "--prune", "0.3", "--prune-macs", "0.5")),
     # Option values click itself rejects (click's format: usage lines, then one "Error:" line).
     Case("min-cosine-out-of-range", "--min-cosine.*not in the range", _model(conv, "--min-cosine", "2")),
     Case("calib-size-not-a-number", "--calib-size.*not a valid integer", _model(conv, "--calib-size", "many")),
