@@ -264,7 +264,10 @@ def peak_rss_mb() -> float:
 def run_worker(spec: dict, timeout: float) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+        lines = proc.stderr.strip().splitlines()
+        errors = [l for l in lines if re.search(r"Error|Exception|Killed|MemoryError", l)]
+        reason = (errors or lines or [f"exit {proc.returncode}"])[-1] if proc.returncode > 0 else f"killed by signal {-proc.returncode}"
+        return {"error": reason[:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
