@@ -172,3 +172,21 @@ def test_one_sided_tensors_keep_a_zero_floor():
 
 def test_empty_stats_give_a_zero_range():
     assert select_range(TensorStats(), MethodSpec("entropy"), symmetric=False) == (0.0, 0.0)
+
+
+def test_entropy_two_sided_searches_each_side():
+    # Mostly positive with a thin negative tail (a bias-shifted activation): the folded |x|
+    # threshold would clip the positive side to the negative side's scale.
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.exponential(0.1, N), -rng.exponential(0.01, N // 10)]).astype(np.float32)
+    lo, hi = select_range(stats_of(x), MethodSpec("entropy"), symmetric=False)
+    assert hi >= np.percentile(x, 99.0) and lo <= np.percentile(x, 1.0)
+
+
+def test_entropy_on_few_values_uses_mse():
+    from onnxslim.quantization.methods import effective_method
+
+    few = stats_of(np.abs(distributions()["normal"][:3000]))
+    assert effective_method(few, MethodSpec("entropy")).name == "mse"
+    assert select_range(few, MethodSpec("entropy"), False) == select_range(few, MethodSpec("mse"), False)
+    assert effective_method(stats_of(distributions()["normal"]), MethodSpec("entropy")).name == "entropy"
