@@ -76,9 +76,10 @@ class PruneChannels(Pass):
         cost = CostModel(graph, cg)
         unit_keep, ratio_note = _select(cg, selector, cost, opts)
         details = _group_rows(cg, cost, unit_keep, criterion, fell_back)
-        for row in details:
-            if row["status"] == "left alone":
-                ctx.decline(self.name, where=row["group"], reason=row["reason"])
+        for group in cg.groups:  # model inputs/outputs are expected; anything else is worth a note
+            unusual = [r for r in group.reasons if not r.endswith(("is a model output", "is a model input"))]
+            if unusual:
+                ctx.decline(self.name, where=group.name, reason="; ".join(unusual[:3]))
         if unit_keep.all():
             return PassResult(False, {"groups": len(cg.groups), "groups_pruned": 0}, details)
         masks = Masks(cg, unit_keep[cg.unit_of])

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxslim.graph import constant_value
 from onnxslim.pruning.groups import ChannelGraph, Group
 from onnxslim.pruning.params import param_slices
 from onnxslim.pruning.rewrite import touched_nodes
@@ -91,7 +92,7 @@ class CostModel:
             per_input: dict[int, list[str]] = {}
             for ps in param_slices(node, cg.slots):
                 per_input.setdefault(ps.input_index, []).append(ps.slot)
-            params = [(int(np.prod(node.inputs[i].shape or (1,))), slots) for i, slots in per_input.items()]
+            params = [(int(np.size(constant_value(node.inputs[i]))), slots) for i, slots in per_input.items()]
             self.layers.append(LayerCost(node, macs, out, x, params))
 
     def fractions(self, unit_keep: np.ndarray) -> dict[str, float]:

@@ -174,7 +174,7 @@ def test_model_output_graph_input_and_unknown_op_are_left_alone_with_reasons():
     assert not record.changed
     assert {r["group"]: r["status"] for r in record.details} == {"conv_a": "left alone", "conv_b": "left alone"}
     assert all(r["reason"] for r in record.details)
-    assert {n["where"] for n in ctx.notes} == {"conv_a", "conv_b"}
+    assert {n["where"] for n in ctx.notes} == {"conv_a"}  # an LRN: noted; the model output/input: expected
     assert_equivalent(model, out)
 
 
