@@ -6,7 +6,8 @@ before Conv, MatMul/Gemm with constant weights, Reshape/Transpose/Concat/Split/S
 shape-computation chains, reductions, shared subexpressions, constant-only arithmetic) and adds
 its outputs to the pool. Tensors nobody reads become dead branches; 1-3 pool tensors become graph
 outputs. Opset 11, 13 or 18, with each op in the form that opset wants (Split/Squeeze/Unsqueeze/
-ReduceSum axes as attribute or input, ReduceMean axes input from 18).
+ReduceSum axes as attribute or input, ReduceMean axes input from 18). A quarter of the graphs
+declare a symbolic batch dimension ``N`` (and outputs without shapes).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 OPSETS = (11, 13, 18)
+FEED_SHAPE_KEY = "fuzz.input_shape"  # metadata: the concrete input shape the graph was built for
 IR_FOR_OPSET = {11: 6, 13: 7, 18: 8}
 UNARY = ("Relu", "Sigmoid", "Tanh", "Neg", "Abs", "Identity", "Dropout", "LeakyRelu", "Softsign")
 
@@ -383,10 +385,14 @@ def graphs(draw, max_steps: int = 10) -> onnx.ModelProto:
     shape = {4: (1, draw(st.integers(1, 4)), draw(st.integers(2, 7)), draw(st.integers(2, 7))),
              3: (draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(2, 6))),
              2: (draw(st.integers(1, 3)), draw(st.integers(2, 6)))}[rank]
-    inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)))
+    # Sometimes the batch dim is symbolic: passes must not fold what depends on it. The graph is
+    # still built for (and fed with) the concrete shape, recorded in the model's metadata.
+    symbolic = draw(st.integers(0, 3)) == 0
+    declared = ["N", *shape[1:]] if symbolic else list(shape)
+    inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, declared))
     b.pool.append(("x", shape))
     if draw(st.booleans()):  # a second input of the same shape
-        inputs.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, list(shape)))
+        inputs.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, declared))
         b.pool.append(("x2", shape))
     for _ in range(draw(st.integers(1, max_steps))):
         draw(st.sampled_from(FAMILIES))(b)
@@ -402,8 +408,9 @@ def graphs(draw, max_steps: int = 10) -> onnx.ModelProto:
     inner = [t for t in produced if t[0] in read]
     if inner and draw(st.integers(0, 3)) == 0:
         chosen.append(draw(st.sampled_from(inner)))
-    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(out_shape)) for name, out_shape in chosen]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * len(out_shape) if symbolic else list(out_shape)) for name, out_shape in chosen]
     graph = helper.make_graph(b.nodes, "fuzz", inputs, outputs, b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = IR_FOR_OPSET[opset]
+    helper.set_model_props(model, {FEED_SHAPE_KEY: ",".join(map(str, shape))})
     return model

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 
 import onnxslim
-from tests.reliability.graphgen import graphs
+from tests.reliability.graphgen import FEED_SHAPE_KEY, graphs
 
 TOLERANCE = 1e-4
 COMMON = dict(deadline=None, database=None, print_blob=True,
@@ -42,8 +42,8 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.nd
 
 def feeds_for(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-            for i in model.graph.input}
+    shape = [int(d) for d in {p.key: p.value for p in model.metadata_props}[FEED_SHAPE_KEY].split(",")]
+    return {i.name: rng.standard_normal(shape).astype(np.float32) for i in model.graph.input}
 
 
 def assert_same_outputs(original: onnx.ModelProto, optimized: onnx.ModelProto, seeds=(0, 1)) -> None:
