@@ -17,7 +17,7 @@ Dynamic dimensions need an optimization profile: ``--trt-shapes NAME:MIN/OPT/MAX
 
 Checks here: our TensorRT linter (:mod:`onnxslim.targets.lint`, written to lint.txt) and, when
 polygraphy is installed, ``polygraphy check lint`` (it runs onnx.checker and onnxruntime node by
-node; it does not need TensorRT).
+node; it does not need TensorRT; option ``polygraphy=False`` leaves it out).
 """
 
 from __future__ import annotations
@@ -179,7 +179,8 @@ def emit(device: str, model_path: Path, out: Path, options: dict[str, Any], resu
                                                        "trtexec": shlex.join(trtexec), "polygraphy": shlex.join(polygraphy)}, indent=2) + "\n")
     result.add_file(out / "trt_profile.json")
     _lint(target, out, result)
-    _polygraphy_lint(target, out, shapes, result)
+    if options.get("polygraphy", True):
+        _polygraphy_lint(target, out, shapes, result)
     _build_engine(target, out / "model.engine", shapes, flags, result)
 
 
