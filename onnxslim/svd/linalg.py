@@ -2,27 +2,27 @@
 
 A layer computes ``Y = X W + b`` with ``X`` the activation rows (n x K) and ``W`` (K x N).
 
-* Plain SVD: ``W = U S V^T``; keeping r components minimises ``||W - W_r||_F``.
-* Whitened (data-aware, as in ASVD/SVD-LLM): with ``C = X^T X / n + lambda I = L L^T`` (Cholesky,
-  ``lambda = damp * mean(diag(X^T X / n))``), ``||X E||_F = ||L^T E||_F`` up to the damping, so the
-  SVD of ``L^T W = U S V^T`` truncated to r gives ``W_r = L^-T U_r S_r V_r^T``, which minimises
-  the error of the layer's *output* on the calibration activations.
+* Plain SVD: keeping r singular components of ``W`` minimises ``||W - W_r||_F``.
+* Whitened (data-aware, as in ASVD/SVD-LLM): with ``C = X^T X / n + lambda I = L L^T``
+  (``lambda = damp * mean(diag(X^T X / n))``), ``||X E||_F^2 ~ ||L^T E||_F^2``, so truncating the
+  SVD of ``M = L^T W`` and mapping back, ``W_r = L^-T [M]_r``, minimises the error of the layer's
+  *output* on the calibration activations.
 
-Both are stored as ``W = sum_i s_i a_i v_i^T`` with ``a_i = u_i`` (plain) or ``L^-T u_i``
-(whitened) and orthonormal ``v_i``. Because the ``v_i`` are orthonormal, the output error of the
-rank-r truncation on any activations with second moment ``G = sum x x^T`` is exactly
-``||X (W - W_r)||^2 = sum_{i>r} s_i^2 a_i^T G a_i``, so one decomposition prices every rank on
-both the calibration and the held-out statistics without running the model again.
+The SVD of ``M`` comes from the eigendecomposition of its smaller Gram matrix (fast, and no
+LAPACK SVD, which crawls on a busy machine): for ``N <= K``, ``M^T M = W^T C W = V S^2 V^T`` and
+``W_r = W V_r V_r^T`` (no Cholesky needed); for ``N > K``, ``M M^T = U S^2 U^T`` and
+``W_r = L^-T U_r U_r^T L^T W``. Either way ``W = sum_i a_i b_i^T`` with mutually orthogonal
+``b_i``, truncated by dropping the last terms, and because the ``b_i`` are orthogonal the output
+error on any activations with second moment ``G = sum x x^T`` is exactly
+``||X (W - W_r)||^2 = sum_{i>r} ||b_i||^2 a_i^T G a_i``: one decomposition prices every rank on
+both calibration and held-out statistics without running the model again.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 
 class Moments:
@@ -63,11 +63,11 @@ class ErrorProfile:
 
 @dataclass
 class Decomposition:
-    """``W = sum_i s_i a_i v_i^T`` (see the module docstring) with error profiles."""
+    """``W = left @ right = sum_i a_i b_i^T`` by descending ``s_i`` (see the module docstring)."""
 
     left: np.ndarray  # K x m, columns a_i
-    s: np.ndarray  # m, descending
-    right: np.ndarray  # m x N, rows v_i^T (orthonormal)
+    right: np.ndarray  # m x N, rows b_i^T, mutually orthogonal
+    s: np.ndarray  # m singular values of W (plain) or of L^T W (whitened), descending
     whitened: bool
     calib: ErrorProfile | None = None
     holdout: ErrorProfile | None = None
@@ -93,36 +93,43 @@ class Decomposition:
     def factors(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """``(A, B)`` with ``A @ B = W_r``: A is K x r, B is r x N, each component balanced so
         that column i of A and row i of B have the same norm (friendlier to later quantization)."""
-        left, right, s = self.left[:, :rank], self.right[:rank], self.s[:rank]
-        norms = np.linalg.norm(left, axis=0)
-        norms[norms == 0] = 1.0
-        return left * np.sqrt(s / norms), right * np.sqrt(s * norms)[:, None]
+        a, b = self.left[:, :rank], self.right[:rank]
+        norm_a, norm_b = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=1)
+        scale = np.ones(rank)
+        ok = (norm_a > 0) & (norm_b > 0)
+        scale[ok] = np.sqrt(norm_b[ok] / norm_a[ok])
+        return a * scale, b / scale[:, None]
 
 
-def whitening(gram: np.ndarray, count: int, damp: float) -> np.ndarray:
-    """Lower-triangular L with ``L L^T = gram / count + lambda I`` (damping raised until it is positive definite)."""
-    k = gram.shape[0]
-    cov = gram / max(count, 1)
+def damped_covariance(moments: Moments, damp: float) -> np.ndarray:
+    """``X^T X / n + lambda I`` with ``lambda = damp * mean(diag(X^T X / n))`` (at least a tiny floor)."""
+    cov = moments.gram / max(moments.count, 1)
     scale = float(np.mean(np.diag(cov)))
-    scale = scale if scale > 0 else 1.0
-    lam = max(damp, 1e-8) * scale
-    for _ in range(8):
+    lam = max(damp, 1e-8) * (scale if scale > 0 else 1.0)
+    return cov + lam * np.eye(cov.shape[0])
+
+
+def cholesky(cov: np.ndarray) -> np.ndarray:
+    """Lower-triangular L with L L^T = cov, raising the diagonal until it is positive definite."""
+    lam = 1e-10 * max(float(np.mean(np.diag(cov))), 1e-30)
+    for _ in range(12):
         try:
-            return np.linalg.cholesky(cov + lam * np.eye(k))
+            return np.linalg.cholesky(cov)
         except np.linalg.LinAlgError:
-            lam *= 10.0
-    # Fall back to an eigendecomposition, clipping eigenvalues from below.
-    w, q = np.linalg.eigh(cov)
-    w = np.maximum(w, 0.0) + lam
-    _, r = np.linalg.qr((q * np.sqrt(w)).T)  # cov + lam I = R^T R
-    logger.debug("whitening: Cholesky failed, used an eigendecomposition (lambda=%g)", lam)
-    return r.T * np.sign(np.diag(r))[None, :]
+            cov = cov + lam * np.eye(cov.shape[0])
+            lam *= 100.0
+    raise np.linalg.LinAlgError("activation covariance is not positive definite even after damping")
 
 
-def profile(dec_left: np.ndarray, s: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, moments: Moments) -> ErrorProfile:
+def _descending_eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values, vectors = np.linalg.eigh((gram + gram.T) / 2)
+    return np.sqrt(np.clip(values[::-1], 0.0, None)), vectors[:, ::-1]
+
+
+def profile(left: np.ndarray, right: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, moments: Moments) -> ErrorProfile:
     """Error of every truncation on activations with these moments (see the module docstring)."""
-    g = np.einsum("ki,ki->i", moments.gram @ dec_left, dec_left)
-    per = (s.astype(np.float64) ** 2) * np.maximum(g, 0.0)
+    g = np.einsum("ki,ki->i", moments.gram @ left, left)
+    per = np.einsum("ij,ij->i", right, right) * np.maximum(g, 0.0)
     tail = np.concatenate([np.cumsum(per[::-1])[::-1], [0.0]])
     reference = float(tail[0])
     if bias is not None:
@@ -141,20 +148,23 @@ def decompose(
 ) -> Decomposition:
     """Factor ``weight`` (K x N). ``whiten`` needs ``calib`` moments."""
     w = np.asarray(weight, dtype=np.float64)
-    if whiten:
-        if calib is None or calib.count == 0:
-            raise ValueError("whitened SVD needs calibration moments")
-        chol = whitening(calib.gram, calib.count, damp)
-        u, s, vt = np.linalg.svd(chol.T @ w, full_matrices=False)
-        left = np.linalg.solve(chol.T, u)  # L^-T u_i
-    else:
-        u, s, vt = np.linalg.svd(w, full_matrices=False)
-        left = u
-    dec = Decomposition(left, s, vt, whiten)
+    k, n = w.shape
+    if whiten and (calib is None or calib.count == 0):
+        raise ValueError("whitened SVD needs calibration moments")
+    cov = damped_covariance(calib, damp) if whiten else None
+    if n <= k:  # right singular vectors of M from M^T M = W^T C W (N x N)
+        s, v = _descending_eigh(w.T @ (cov @ w) if whiten else w.T @ w)
+        left, right = w @ v, v.T
+    else:  # left singular vectors of M = L^T W from M M^T (K x K)
+        chol = cholesky(cov) if whiten else None
+        m = chol.T @ w if whiten else w
+        s, u = _descending_eigh(m @ m.T)
+        left, right = (np.linalg.solve(chol.T, u) if whiten else u), u.T @ m
+    dec = Decomposition(left, right, s, whiten)
     if calib is not None and calib.count:
-        dec.calib = profile(left, s, w, bias, calib)
+        dec.calib = profile(left, right, w, bias, calib)
     if holdout is not None and holdout.count:
-        dec.holdout = profile(left, s, w, bias, holdout)
+        dec.holdout = profile(left, right, w, bias, holdout)
     return dec
 
 
