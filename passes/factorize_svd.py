@@ -147,6 +147,12 @@ class FactorizeSvd(Pass):
                     held[key] = held_value
         if missing:
             new_calib, new_held = collect_moments(graph, missing, calibration, holdout, spec.batch_size)
+            thin = [key for key, k in missing.items() if new_calib[key].count < k]
+            if thin:
+                first = thin[0]
+                logger.warning("factorize_svd: %d activation(s) have fewer calibration rows than dimensions (e.g. %r: %d rows "
+                               "for %d dims): data-aware SVD may overfit them; give more --calib-data",
+                               len(thin), first[0], new_calib[first].count, missing[first])
             for key in missing:
                 calib[key] = new_calib[key]
                 if key in new_held:

@@ -59,6 +59,7 @@ ENERGIES = (0.9999, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9)
 RATIOS = (0.9, 0.8, 0.65, 0.5, 0.35)
 ERRORS = (0.02, 0.03, 0.05, 0.1)
 CALIB_DOCSTRINGS = 400
+CALIB_IMAGES = 64  # 48 calibration + 16 held out: ~9.5k token rows per ViT layer
 HOLDOUT = 16
 GATE = 0.99
 DOC_MODULES = ("argparse", "asyncio", "calendar", "collections", "configparser", "contextlib", "csv", "dataclasses", "datetime",
@@ -211,7 +212,7 @@ def make_case(name: str, tok: WordPiece, out: Path) -> Case:
         return Case(name, True, tok.feeds(texts), latency, folder, 128)
     folder = out / f"{name}_calib"
     folder.mkdir(parents=True, exist_ok=True)
-    for i, chunk in enumerate(np.split(images(24, seed=1), 3)):
+    for i, chunk in enumerate(np.split(images(CALIB_IMAGES, seed=1), CALIB_IMAGES // 8)):
         np.savez(folder / f"calib_{i:03d}.npz", input=chunk)
     return Case(name, False, {"input": images(16, seed=2)}, {"input": images(1, seed=3)}, folder, 1)
 
@@ -392,11 +393,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="latency as median CPU time (default; steady on a shared machine) or fastest wall-clock run")
     parser.add_argument("--min-size", type=int, default=256)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--render", type=Path, metavar="JSON", help="only print the tables of an earlier --json file")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="JSON", help="only print the tables of earlier --json files")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.render:
-        print(render(json.loads(args.render.read_text())))
+        print(render([row for path in args.render for row in json.loads(path.read_text())]))
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     from zoo_wheels import read_package_file
