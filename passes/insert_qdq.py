@@ -79,7 +79,7 @@ class InsertQdq(Pass):
         plan = make_plan(graph, rules, excluded)
         if not plan.layers:
             ctx.decline(self.name, where="graph", reason="no quantizable layer (float32 Conv/Gemm/MatMul) found")
-            return PassResult(False, {"int8_layers": 0})
+            return PassResult(raised, {"int8_layers": 0, "opset_raised_to_13": int(raised)})
         reference = export_model(graph.copy())
         start = time.perf_counter()
         observed = _observation_set(graph, rules, excluded, plan, opts)
@@ -90,11 +90,12 @@ class InsertQdq(Pass):
                                        sample_cap=opts.histogram_sample)
         calib_seconds = time.perf_counter() - start
         ranges = _RangeBook(graph, stats, plan, rules, opts)
+        probe = FidelityProbe(reference, _holdout(ctx, reference)) if opts.max_error is not None else None
+        del reference  # the float model's weights are not needed any more
 
         fallback: list[str] = []
         details: list[dict] = []
-        if opts.max_error is not None:
-            feeds = _holdout(ctx, reference)
+        if probe is not None:
 
             def build(extra: frozenset) -> onnx.ModelProto:
                 copy = graph.copy()
@@ -102,7 +103,7 @@ class InsertQdq(Pass):
                 Emitter(copy, sub, ranges.params(sub), rules, not opts.keep_activations).emit()
                 return export_model(copy)
 
-            result = find_fallback(build, plan.layers, FidelityProbe(reference, feeds), opts.max_error)
+            result = find_fallback(build, plan.layers, probe, opts.max_error)
             fallback = result.fallback
             ops = {n.name: n.op for n in graph.nodes}
             details += [{"detail": "sensitivity", "op": ops.get(r["layer"]), **r} for r in result.rows]
