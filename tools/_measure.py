@@ -76,8 +76,24 @@ def run_measured(
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
+    isolate: bool = True,
 ) -> Measurement:
-    """Run ``command`` to completion (or ``timeout`` seconds), returning time, peak RSS and output tails."""
+    """Run ``command`` to completion (or ``timeout`` seconds), returning time, peak RSS and output tails.
+
+    Linux carries a process's peak RSS across fork and exec, so a child forked from a large
+    process (pytest, the bench) would report the parent's size. With ``isolate`` the command is
+    started from a small launcher process (this file's CLI), whose child starts from ~15 MB.
+    """
+    if isolate:
+        launcher = [sys.executable, str(Path(__file__).resolve())]
+        if timeout is not None:
+            launcher += ["--timeout", str(timeout)]
+        done = subprocess.run([*launcher, "--", *command], capture_output=True, text=True,
+                              env=dict(env) if env is not None else None, cwd=cwd)
+        try:
+            return Measurement(**json.loads(done.stdout))
+        except (json.JSONDecodeError, TypeError):
+            return Measurement(list(command), done.returncode or 1, 0.0, 0.0, False, done.stdout[-2000:], done.stderr[-2000:])
     with tempfile.TemporaryDirectory(prefix="measure-") as tmp:
         out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -116,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
-    result = run_measured(command, timeout=args.timeout)
+    result = run_measured(command, timeout=args.timeout, isolate=False)
     json.dump(asdict(result), sys.stdout)
     sys.stdout.write("\n")
     return 0
