@@ -124,13 +124,13 @@ class CostModel:
         return {k: int(round(v)) for k, v in row.items()}
 
 
-def ratio_for_macs(selector: Selector, cost: CostModel, target_removed: float, eligible: Callable[[Group], bool]) -> tuple[float, np.ndarray]:
-    """The smallest global ratio whose selection removes at least ``target_removed`` of all MACs."""
+def ratio_for_macs(selector: Selector, cost: CostModel, target_removed: float, weight: Callable[[Group], float]) -> tuple[float, np.ndarray]:
+    """The smallest global ratio (times each group's ``weight``) removing at least ``target_removed`` of all MACs."""
     total = max(1, cost.total_macs)
     lo, hi = 0.0, 0.99
 
     def removed(r: float) -> tuple[float, np.ndarray]:
-        keep = selector.select(lambda g: r if eligible(g) else 0.0)
+        keep = selector.select(lambda g: min(0.99, r * weight(g)))
         return 1.0 - cost.macs_after(keep) / total, keep
 
     best = removed(hi)
