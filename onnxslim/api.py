@@ -303,6 +303,7 @@ class Options:
     min_cosine: float | None = None  # budget for lossy pipelines
     holdout: int = 8  # held-out samples for measuring fidelity of lossy pipelines
     external_data: bool | None = None
+    digests: bool = True  # sha256 of input and output files in the report (the CLI: only when one is written)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -401,7 +402,7 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
         io.read_external_data(model, input_path)
         weights = None
     report = Report(pipeline=str(pipeline), options=opts.to_dict())
-    report.input = file_digest(input_path)
+    report.input = file_digest(input_path, opts.digests)
     report.seconds["load"] = time.perf_counter() - t0
     hook = _VerifyEach(model, str(input_path), opts.input_shapes, opts.inputs_file, opts.tolerance, opts.seed) if opts.verify_each else None
     out_header, out_initializers = _run(model, report, pipeline, ctx, hook, streaming=True, weights=weights, recorder=StageRecorder(model, ctx, opts))
@@ -430,9 +431,9 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
         final = failed_output_name(output) if failed else output
         if failed:  # rare: re-save under the failed name so external-data names match it
             io.save(io.load(staged_file), final, external_data=len(written) > 1)
-            report.output = file_digest(final)
+            report.output = file_digest(final, opts.digests)
         else:  # digest the staged files (same names and bytes): the commit is the last step, so
-            report.output = {**file_digest(staged_file), "path": str(final)}  # Ctrl-C after it is rare
+            report.output = {**file_digest(staged_file, opts.digests), "path": str(final)}  # Ctrl-C after it is rare
             io.commit(tmp, final, written)
     emit_options = ctx.options.get("emit")
     if emit_options and not failed:  # --emit DIR (stage "target"): deployable artifacts for --target/--device

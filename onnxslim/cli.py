@@ -202,7 +202,8 @@ def _run_and_finish(model, output, options: dict[str, Any], report_path, html_pa
                     extra: dict[str, Any]) -> Report:
     with progress_disabled(quiet):
         try:
-            report = api.optimize_file(model, output, **options)
+            hashed = bool(report_path or html_path or extra.get("reproduced_from"))
+            report = api.optimize_file(model, output, **{**options, "digests": hashed})
         except VerificationFailedError as exc:
             report = getattr(exc, "report", None)
             if report is not None:

@@ -48,17 +48,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def file_digest(path: str | os.PathLike) -> dict[str, Any]:
+def file_digest(path: str | os.PathLike, with_hash: bool = True) -> dict[str, Any]:
     """sha256 and size of a model file and of its external-data files beside it.
 
     ``bytes`` is the model file's size, ``total_bytes`` adds its external data; ``external_data``
     lists each data file (path relative to the model's folder, bytes, sha256), empty when none.
+    ``with_hash=False`` leaves the sha256 fields out (hashing gigabytes costs seconds; the CLI
+    hashes only when a report is written).
     """
     path = Path(path)
     size = path.stat().st_size
-    data = [{"path": name, "bytes": (path.parent / name).stat().st_size, "sha256": sha256_file(path.parent / name)}
+    digest = sha256_file if with_hash else (lambda p: None)
+    data = [{"path": name, "bytes": (path.parent / name).stat().st_size, "sha256": digest(path.parent / name)}
             for name in _external_data_files(path)]
-    return {"path": str(path), "bytes": size, "sha256": sha256_file(path), "external_data": data,
+    return {"path": str(path), "bytes": size, "sha256": digest(path), "external_data": data,
             "total_bytes": size + sum(d["bytes"] for d in data)}
 
 
