@@ -47,13 +47,14 @@ class Tool:
 
 def _ours(bin_dir: Path, src: Path, dst: Path, work: Path) -> list[str]:
     report = work / f"{dst.stem}.report.json"
-    return [sys.executable, "-c", OURS_LAUNCHER, "optimize", str(src), "-o", str(dst), "--no-verify", "--report", str(report)]
+    # Our defaults, verification against onnxruntime included (the peers do not verify).
+    return [sys.executable, "-c", OURS_LAUNCHER, "optimize", str(src), "-o", str(dst), "--report", str(report)]
 
 
 TOOLS: dict[str, Tool] = {
     t.name: t
     for t in (
-        Tool("ours", "this project: onnxslim optimize IN -o OUT --no-verify", _ours),
+        Tool("ours", "this project: onnxslim optimize IN -o OUT (defaults: verification on)", _ours),
         Tool(
             "onnxslim-peer", "PyPI onnxslim (a different project): onnxslim IN OUT",
             lambda b, i, o, w: [str(b / "onnxslim"), str(i), str(o)], ("onnxslim==0.1.98", ONNX_PIN),
