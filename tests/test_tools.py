@@ -230,7 +230,7 @@ def test_tools_commands_and_env(tmp_path, monkeypatch):
         bench_tools.select_tools("ours,nope")
     src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
     ours = bench_tools.tool_command(bench_tools.TOOLS["ours"], tmp_path, src, dst, tmp_path)
-    assert ours[0] == sys.executable and ours[3:] == ["optimize", str(src), "-o", str(dst), "--no-verify", "--report", str(tmp_path / "out.report.json")]
+    assert ours[0] == sys.executable and ours[3:] == ["optimize", str(src), "-o", str(dst), "--report", str(tmp_path / "out.report.json")]
     peer = bench_tools.tool_command(bench_tools.TOOLS["onnxslim-peer"], tmp_path, src, dst, tmp_path)
     assert peer == [str(tmp_path / "onnxslim-peer" / "bin" / "onnxslim"), str(src), str(dst)]
     assert all("==" in r for t in bench_tools.TOOLS.values() for r in t.requirements)
