@@ -112,7 +112,9 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
         count = _prod(t.shape) if t.shape else 1
         size = constant_nbytes(t)
         nbytes += size
-        if np.dtype(t.dtype).kind in "fc" if _is_numpy_dtype(t.dtype) else False:
+        # Weights in any numeric type count (float, or int8/uint8/int32 once quantized); shape
+        # and index tensors are int64 and tiny, and are left out.
+        if _is_numpy_dtype(t.dtype) and (np.dtype(t.dtype).kind in "fc" or np.dtype(t.dtype) in _QUANTIZED_DTYPES):
             params += count
         sizes.append((size, t.name, list(t.shape or []), str(t.dtype)))
     sizes.sort(key=lambda s: (-s[0], s[1]))
@@ -127,6 +129,9 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
         macs_by_op=dict(sorted(macs_by_op.items())),
         largest_tensors=largest,
     )
+
+
+_QUANTIZED_DTYPES = {np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32), np.dtype(np.int16), np.dtype(np.uint16)}
 
 
 def _is_numpy_dtype(dtype) -> bool:
