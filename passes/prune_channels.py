@@ -13,9 +13,9 @@ Removes whole channels so that the model stays a smaller *dense* model. The math
 3. **Selection** (:mod:`onnxslim.pruning.select`): each group loses ``ratio`` of its units
    (per Concat/Split segment, rounded so channel counts stay multiples of ``round_to``); the
    ratio is global (``--prune R``), per group (a JSON file) or found by bisection for a MAC
-   budget (``--prune-macs F``; there groups written by several layers, i.e. residual streams,
-   get ``shared_weight`` (0.5) times the ratio: on ResNet-50 at 30 % MACs that lowered the
-   output error from 0.46 to 0.35 relative L2 without reconstruction).
+   budget (``--prune-macs F``; the option ``shared_weight`` scales the ratio of groups written
+   by several layers, i.e. residual streams: 0.5 helped MobileNetV2/EfficientNet-B0 and hurt
+   ResNet-50 with reconstruction in tools/bench_prune.py, so the default stays 1, uniform).
 4. **Rewrite** (:mod:`onnxslim.pruning.rewrite`): sliced weights, fixed ``group``/Split/Slice/
    Reshape/Resize, new shapes.
 5. **Reconstruction** (:mod:`onnxslim.pruning.reconstruct`, with calibration data): the layer
@@ -167,8 +167,8 @@ def _select(cg: ChannelGraph, selector: Selector, cost: CostModel, opts: dict) -
     if opts.get("per_layer"):
         ratios = _resolve_per_layer(cg, opts["per_layer"])
         return selector.select(lambda g: ratios.get(g.name, 0.0)), None
-    if opts.get("macs"):  # residual streams are the most sensitive: they get half the ratio by default
-        weight = _shared_weight(cg, float(opts.get("shared_weight", 0.5)))
+    if opts.get("macs"):
+        weight = _shared_weight(cg, float(opts.get("shared_weight", 1.0)))
         ratio, keep = ratio_for_macs(selector, cost, float(opts["macs"]), weight)
         return keep, ratio
     ratio = float(opts["ratio"])
