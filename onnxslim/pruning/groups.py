@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from onnxslim.graph import constant_value, is_constant, outer_scope_names
 from onnxslim.pruning.base import Blocked, static_dim, tensor_rank
@@ -202,9 +200,7 @@ def discover(graph: gs.Graph) -> ChannelGraph:
         cols.append(sb.offset + ib)
         parent[find(sa.index)] = find(sb.index)
     r, c = np.concatenate(rows), np.concatenate(cols)
-    adjacency = coo_matrix((np.ones(r.size, dtype=np.int8), (r, c)), shape=(total, total))
-    _, unit_of = connected_components(adjacency, directed=False)
-    unit_of = unit_of.astype(np.int64)
+    unit_of = connected_labels(total, r, c)
     frozen = np.zeros(int(unit_of.max()) + 1 if total else 0, dtype=bool)
     for name in d.blocked:
         s = d.slots[name]
@@ -212,6 +208,29 @@ def discover(graph: gs.Graph) -> ChannelGraph:
     slot_of_element = np.repeat(np.arange(len(slot_list)), [s.size for s in slot_list]) if slot_list else np.zeros(0, int)
     groups = _groups(graph, slot_list, [find(s.index) for s in slot_list], unit_of, d.blocked)
     return ChannelGraph(d.slots, d.blocked, unit_of, frozen, groups, slot_of_element, slot_list)
+
+
+def connected_labels(count: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Connected components of an undirected graph on ``count`` nodes with edges (rows[i], cols[i]).
+
+    Min-label propagation with pointer jumping (vectorized, O(edges) per round, few rounds);
+    labels are 0..k-1 in order of each component's smallest node.
+    """
+    labels = np.arange(count, dtype=np.int64)
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    while True:
+        low = np.minimum(labels[rows], labels[cols])
+        before = labels.copy()
+        np.minimum.at(labels, rows, low)
+        np.minimum.at(labels, cols, low)
+        while True:  # pointer jumping: follow labels to their roots
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
+        if np.array_equal(labels, before):
+            break
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
 
 def _groups(graph: gs.Graph, slot_list: list[Slot], roots: list[int], unit_of: np.ndarray, blocked: dict[str, str]) -> list[Group]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from scipy.linalg import solve_triangular
 
 from onnxslim.graph import NameScope, constant_value, make_constant, make_node
 
@@ -158,8 +157,8 @@ class _LeastSquares:
             lower = np.linalg.cholesky(a)
         except np.linalg.LinAlgError:
             return None
-        y = solve_triangular(lower, rhs.astype(np.float32), lower=True, check_finite=False)
-        return solve_triangular(lower.T, y, lower=False, check_finite=False).astype(np.float64)
+        y = np.linalg.solve(lower, rhs.astype(np.float32))
+        return np.linalg.solve(lower.T, y).astype(np.float64)
 
     def val_error(self, vt: np.ndarray) -> float:
         """Held-out error relative to the held-out energy of the original output."""
