@@ -2,19 +2,22 @@
 
     python tools/bench_targets.py --zoo zoo --models resnet50,minilm_l6 --trials 64 --json bench-out/targets.json
 
-Per model (shapes fixed: ResNet-50 1x3x224x224, MiniLM/BERT 1x128 tokens), from the same
-onnxslim-optimized model:
+Per model (inputs: ResNet-50 1x3x224x224, MiniLM/BERT 1x128 tokens):
 
-* ORT: latency on onnxruntime CPU of the ``--target ort --device x86`` emitted model.onnx vs the
-  input (zoo) model, same session settings (ORT_ENABLE_ALL, --threads intra-op threads), median of
-  interleaved runs; the ratio < 1 is what offline optimization and onnxslim's cleanup bought.
-* TVM x86: latency of the compiled model.so in relax.VirtualMachine (TVM_NUM_THREADS=--threads),
+* ORT: latency on onnxruntime CPU of the ``--target ort --device x86`` emitted model.onnx (from
+  ``onnxslim optimize`` without --input-shape: ORT needs no static shapes) vs the input (zoo)
+  model, same session settings (ORT_ENABLE_ALL, --threads intra-op threads), median of
+  interleaved runs.
+* TVM x86 (from ``onnxslim optimize --input-shape ...``: tuning needs static shapes): latency of
+  the compiled model.so in relax.VirtualMachine (TVM_NUM_THREADS=--threads),
   untuned and tuned with meta-schedule for --trials measured trials (tuning wall time reported;
   the database is kept under --work and reused by a later run with the same --trials), each as a
   multiple of the emitted model's ORT latency. Both TVM builds were checked against onnxruntime
   at fp32 tolerance by the emitter (the ``checks`` column).
 
-Prints a Markdown table; --json writes every number.
+Each emit runs in its own process (as ``onnxslim optimize --emit`` does): meta-schedule leaves
+state behind that slows later builds in the same process. Prints a Markdown table; --json writes
+every number.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,31 +104,42 @@ def tvm_latency(library: Path, shapes: dict, feeds: dict, runs: int) -> float:
     return statistics.median(timed(lambda: vm["main"](*args), runs, warmup=1))
 
 
+def emit_isolated(target: str, device: str, model: Path, out: Path, options: dict) -> dict:
+    """onnxslim.targets.emit in a fresh process; returns the result dict."""
+    code = ("import json, sys; from onnxslim.targets import emit; a = json.loads(sys.argv[1]); "
+            "print(json.dumps(emit(a[0], a[1], a[2], a[3], a[4]).to_dict()))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps([target, device, str(model), str(out), options])],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"emit {target}/{device} failed: {proc.stderr.strip()[-1500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def checks(result: dict) -> str:
     return ", ".join(f"{c['status']}" for c in result["checks"]) or "-"
 
 
 def bench_model(name: str, zoo: Path, work: Path, args) -> dict:
     from onnxslim.api import optimize_file
-    from onnxslim.targets import emit
 
     filename, shapes = MODELS[name]
     source = zoo / filename
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
-    optimized = folder / "opt.onnx"
+    optimized, static = folder / "opt.onnx", folder / "opt_static.onnx"
     t = time.perf_counter()
-    optimize_file(source, optimized, input_shapes=shapes)
+    optimize_file(source, optimized)
+    optimize_file(source, static, input_shapes=shapes)
     row: dict = {"model": name, "optimize_s": round(time.perf_counter() - t, 1), "shapes": shapes, "threads": args.threads}
     feeds = feeds_for(shapes)
-    ort_out = emit("ort", "x86", optimized, folder / "ort", {"input_shapes": shapes}).to_dict()
+    ort_out = emit_isolated("ort", "x86", optimized, folder / "ort", {})
     row["ort_checks"] = checks(ort_out)
     sess_in, sess_out = ort_session(source, args.threads), ort_session(folder / "ort" / "model.onnx", args.threads)
     lat = interleaved({"in": lambda: sess_in.run(None, feeds), "out": lambda: sess_out.run(None, feeds)}, args.runs)
     row.update(ort_input_ms=round(lat["in"], 2), ort_emitted_ms=round(lat["out"], 2), ort_ratio=round(lat["out"] / lat["in"], 3))
     print(f"[{name}] ORT input {lat['in']:.1f} ms, emitted {lat['out']:.1f} ms", file=sys.stderr)
     t = time.perf_counter()
-    untuned = emit("tvm", "x86", optimized, folder / "tvm", {"input_shapes": shapes}).to_dict()
+    untuned = emit_isolated("tvm", "x86", static, folder / "tvm", {"input_shapes": shapes})
     row["tvm_build_s"] = round(time.perf_counter() - t, 1)
     row["tvm_checks"] = checks(untuned)
     row["tvm_untuned_ms"] = round(tvm_latency(folder / "tvm" / "model.so", shapes, feeds, args.tvm_runs), 1)
@@ -135,7 +150,7 @@ def bench_model(name: str, zoo: Path, work: Path, args) -> dict:
         reuse = (db / "database_tuning_record.json").is_file()
         options = {"input_shapes": shapes, "tuning_db": str(db), "tune_trials": 0 if reuse else args.trials}
         t = time.perf_counter()
-        tuned = emit("tvm", "x86", optimized, folder / "tvm_tuned", options).to_dict()
+        tuned = emit_isolated("tvm", "x86", static, folder / "tvm_tuned", options)
         row["tune_s"] = round(time.perf_counter() - t, 1)
         row["tune_reused_db"] = reuse
         row["trials"] = args.trials
