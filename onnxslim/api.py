@@ -152,11 +152,21 @@ def _run(
     report.after = compute_stats(graph)
     if recorder is not None:  # stats per pass and per stage, fidelity per lossy stage
         recorder.fill(report)
+    keep_value_info = len(model.graph.value_info) > 0
     if streaming:
         header, initializers = export_parts(graph, model)
         _restore_io_types(header, model)
+        _drop_value_info_unless(keep_value_info, header)
         return header, initializers
-    return _restore_io_types(export_model(graph, model), model)
+    return _drop_value_info_unless(keep_value_info, _restore_io_types(export_model(graph, model), model))
+
+
+def _drop_value_info_unless(keep: bool, model: onnx.ModelProto) -> onnx.ModelProto:
+    """Intermediate shape annotations are written only when the input carried some: onnxruntime
+    infers them anyway, and a model must not grow for them (a ~1% size increase otherwise)."""
+    if not keep:
+        del model.graph.value_info[:]
+    return model
 
 
 _UNREPRESENTABLE_ATTRIBUTES = {onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS, onnx.AttributeProto.TENSORS,

@@ -9,7 +9,7 @@ model-level fields, reading constant values, rewiring uses, and making fresh nam
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -77,7 +77,17 @@ def export_parts(graph: gs.Graph, template: onnx.ModelProto | None = None) -> tu
             else:
                 yield OnnxExporter.export_tensor_proto(tensor)
 
-    return model, initializers()
+    return model, _Reiterable(initializers)
+
+
+class _Reiterable:
+    """An iterable that makes its items afresh on every pass (the writer sizes, then writes)."""
+
+    def __init__(self, make: Callable[[], Iterator]):
+        self._make = make
+
+    def __iter__(self) -> Iterator:
+        return self._make()
 
 
 def _plain_array(tensor: gs.Constant, min_bytes: int = 2**20) -> bool:
@@ -103,6 +113,12 @@ def _same_dtype(export_dtype, dtype: np.dtype) -> bool:
         return False
 
 
+def _copy_opset(opset_id: onnx.OperatorSetIdProto) -> onnx.OperatorSetIdProto:
+    copy = onnx.OperatorSetIdProto()
+    copy.CopyFrom(opset_id)
+    return copy
+
+
 def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export a gs Graph to a ModelProto, keeping the model-level fields of ``template``.
 
@@ -111,7 +127,7 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> on
     """
     opset_imports = None
     if template is not None:
-        opset_imports = [onnx.helper.make_opsetid(o.domain, o.version) for o in template.opset_import]
+        opset_imports = [_copy_opset(o) for o in template.opset_import]  # field presence kept: no bytes added
         # Add domains that passes introduced (e.g. com.microsoft) and honour opset raises.
         known = {o.domain for o in opset_imports}
         for domain, version in (graph.import_domains and {o.domain: o.version for o in graph.import_domains} or {}).items():
@@ -126,12 +142,12 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> on
     kwargs = {"opset_imports": opset_imports} if opset_imports is not None else {}
     model = gs.export_onnx(graph, do_type_check=False, **kwargs)
     if template is not None:
-        model.ir_version = template.ir_version
-        model.producer_name = template.producer_name
-        model.producer_version = template.producer_version
-        model.domain = template.domain
-        model.model_version = template.model_version
-        model.doc_string = template.doc_string
+        for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+            # Copy presence too: a field set to its default still costs bytes in the file.
+            if template.HasField(field):
+                setattr(model, field, getattr(template, field))
+            else:
+                model.ClearField(field)
         del model.metadata_props[:]
         model.metadata_props.extend(template.metadata_props)
         if template.training_info:

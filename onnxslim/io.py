@@ -325,6 +325,8 @@ def write_streaming(header: onnx.ModelProto, initializers, file: Path, external_
     tensors over ``data_threshold`` bytes go to ``<file name>.data`` (large ones page-aligned so
     onnxruntime can map them).
     """
+    if not external_data and not isinstance(initializers, Iterator):
+        return _write_single_file(header, initializers, file)
     data_name = file.name + ".data"
     files = [file]
     data_fh = None
@@ -367,6 +369,48 @@ def write_streaming(header: onnx.ModelProto, initializers, file: Path, external_
         if data_fh is not None:
             data_fh.close()
     return files
+
+
+_RAW_DATA_TAG = bytes([(9 << 3) | 2])  # TensorProto.raw_data, length-delimited
+
+
+def _serialized_size(tensor) -> int:
+    """Bytes of the TensorProto ``tensor`` serializes to (ArrayTensor: as from_array makes it)."""
+    if isinstance(tensor, ArrayTensor):
+        n = tensor.array.nbytes
+        stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+        return stub.ByteSize() + len(_RAW_DATA_TAG) + len(_varint(n)) + n
+    return tensor.ByteSize()
+
+
+def _write_single_file(header: onnx.ModelProto, initializers, file: Path) -> list[Path]:
+    """Byte-for-byte the size protobuf itself would write: one ``graph`` field whose length is
+    summed first (a pass over sizes, no bytes), then the initializers streamed into it."""
+    graph_bytes = header.graph.SerializeToString()
+    rest = onnx.ModelProto()
+    rest.CopyFrom(header)
+    rest.ClearField("graph")
+    sizes = [_serialized_size(t) for t in initializers]
+    total = len(graph_bytes) + sum(len(_GRAPH_INITIALIZER_TAG) + len(_varint(n)) + n for n in sizes)
+    try:
+        with open(file, "wb") as fh:
+            fh.write(rest.SerializeToString())
+            fh.write(_MODEL_GRAPH_TAG + _varint(total))
+            fh.write(graph_bytes)
+            for tensor, size in zip(initializers, sizes):
+                fh.write(_GRAPH_INITIALIZER_TAG + _varint(size))
+                if isinstance(tensor, ArrayTensor):
+                    stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+                    buffer = tensor.buffer()
+                    fh.write(stub.SerializeToString() + _RAW_DATA_TAG + _varint(len(buffer)))
+                    fh.write(buffer)
+                else:
+                    fh.write(tensor.SerializeToString())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"{file.name}: disk full while writing the output") from exc
+        raise OutputError(f"{file.name}: cannot write: {exc.strerror or exc}") from exc
+    return [file]
 
 
 def _tensor_data_size(tensor: onnx.TensorProto) -> int:

@@ -98,3 +98,16 @@ def test_check_output_path_rules(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         io.check_output_path(tmp_path / "x" / "b.onnx", [src])
     assert io.check_output_path(tmp_path / "b.onnx", [src]) == tmp_path / "b.onnx"
+
+
+def test_unchanged_model_does_not_grow_by_a_byte(tmp_path):
+    """Nothing to optimize: the output is exactly as large as the input (no framing overhead,
+    no default-valued fields made explicit, no shape annotations the input did not have)."""
+    from onnxslim.api import optimize_file
+
+    model = _mlp()
+    model.graph.ClearField("value_info")
+    src = tmp_path / "in.onnx"
+    src.write_bytes(model.SerializeToString())
+    optimize_file(src, tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnx").stat().st_size == src.stat().st_size
