@@ -6,8 +6,8 @@ Per model (inputs: ResNet-50 1x3x224x224, MiniLM/BERT 1x128 tokens):
 
 * ORT: latency on onnxruntime CPU of the ``--target ort --device x86`` emitted model.onnx (from
   ``onnxslim optimize`` without --input-shape: ORT needs no static shapes) vs the input (zoo)
-  model, same session settings (ORT_ENABLE_ALL, --threads intra-op threads), median of
-  interleaved runs.
+  model, same session settings (ORT_ENABLE_ALL, --threads intra-op threads, no spin-waiting so
+  that the idle session does not steal cores), median of interleaved runs.
 * TVM x86 (from ``onnxslim optimize --input-shape ...``: tuning needs static shapes): latency of
   the compiled model.so in relax.VirtualMachine (TVM_NUM_THREADS=--threads),
   untuned and tuned with meta-schedule for --trials measured trials (tuning wall time reported;
@@ -67,6 +67,8 @@ def ort_session(path: Path, threads: int):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # Sessions measured round robin in one process: idle sessions' spinning threads would steal the cores.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
