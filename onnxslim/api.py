@@ -316,11 +316,18 @@ class Options:
     digests: bool = True  # sha256 of input and output files in the report (the CLI: only when one is written)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, (tuple, set)) else (str(v) if isinstance(v, os.PathLike) else v)
-        return out
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: paths as strings, tuples/sets as lists, recursively (stage values hold paths)."""
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _prepare(model: onnx.ModelProto, opts: Options) -> tuple[Pipeline, PassContext]:

@@ -303,6 +303,9 @@ def format_summary(report: Report) -> str:
     if report.verification is not None:
         lines.append("")
         lines.append(report.verification.summary())
+    emit = report.output.get("emit")
+    if emit:
+        lines.append("emit: " + ", ".join(str(f) for f in emit.get("files", [])) + ("" if emit.get("ok", True) else " (a check failed: see emit.json)"))
     if report.output.get("path"):
         lines.append(f"wrote {report.output['path']} in {report.seconds.get('total', 0):.2f}s")
     return "\n".join(lines)
@@ -442,6 +445,16 @@ def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed
 
 # --------------------------------------------------------------------------------------------
 # passes
+
+
+@main.command(name="lint-trt")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the findings as JSON.")
+def lint_trt(model, json_path) -> None:
+    """Check MODEL against TensorRT's ONNX op support and Q/DQ placement rules (exit 1 on findings)."""
+    from onnxslim.targets.lint import main as lint_main
+
+    sys.exit(lint_main([str(model)] + (["--json", str(json_path)] if json_path else [])))
 
 
 @main.command(name="passes")

@@ -266,3 +266,17 @@ def test_python_api_mirrors_cli(example):
     assert len(original.graph.node) == 27, "the caller's model is not modified"
     model2, _ = onnxslim.optimize(str(example), passes="eliminate_identity", verify=False)
     assert len(model2.graph.node) == 24  # Identity, Dropout and the dead Sigmoid (swept) gone
+
+
+def test_lint_trt_command(example, tmp_path):
+    result = CliRunner().invoke(cli.main, ["lint-trt", str(example)])
+    assert result.exit_code == 0 and "0 error(s)" in result.output
+    assert CliRunner().invoke(cli.main, ["lint-trt", str(tmp_path / "missing.onnx")]).exit_code == 2
+
+
+def test_options_to_dict_is_json_ready_with_paths_in_stage_values():
+    from onnxslim.api import Options
+
+    data = Options(stage_values={"emit": Path("/out"), "list": (Path("a"), 1)}, calib_data=Path("c")).to_dict()
+    assert json.loads(json.dumps(data))["stage_values"] == {"emit": "/out", "list": ["a", 1]}
+    assert data["calib_data"] == "c"
