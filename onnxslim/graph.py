@@ -361,6 +361,19 @@ def op_histogram(nodes: Iterable[gs.Node]) -> dict[str, int]:
     return dict(sorted(hist.items()))
 
 
+def sole_reader(tensor: gs.Tensor, local_nodes: set[int], graph_outputs: set[int]) -> gs.Node | None:
+    """The one node reading ``tensor`` when that node is in this graph (``id`` in ``local_nodes``)
+    and ``tensor`` is not a graph output (``id`` in ``graph_outputs``); else None. A reader inside
+    a subgraph is not local, so a tensor an If/Loop body reads is never anyone's sole input."""
+    if id(tensor) in graph_outputs:
+        return None
+    readers = {id(n): n for n in tensor.outputs}
+    if len(readers) != 1:
+        return None
+    (node,) = readers.values()
+    return node if id(node) in local_nodes else None
+
+
 def single_consumer(tensor: gs.Tensor) -> gs.Node | None:
     """The only consumer of ``tensor`` (counting a node that reads it twice once), else None."""
     readers = consumers(tensor)

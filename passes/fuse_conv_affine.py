@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, make_constant, rank
+from onnxslim.graph import NameScope, constant_value, detach, make_constant, rank, sole_reader
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -75,13 +75,7 @@ class _Folder:
 
     def sole_reader(self, tensor: gs.Tensor) -> gs.Node | None:
         """The one node of this graph reading ``tensor``, if it is not a graph output."""
-        if id(tensor) in self.output_ids:
-            return None
-        readers = {id(n): n for n in tensor.outputs}
-        if len(readers) != 1:
-            return None
-        (node,) = readers.values()
-        return node if id(node) in self.local else None
+        return sole_reader(tensor, self.local, self.output_ids)
 
     def fold(self, node: gs.Node, affine: gs.Node) -> str:
         y = node.outputs[0]

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, make_constant, opset, producer, rank
+from onnxslim.graph import NameScope, constant_value, detach, make_constant, opset, producer, rank, sole_reader
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -131,13 +131,7 @@ class _Folder:
 
     def _sole_reader(self, tensor: gs.Tensor) -> gs.Node | None:
         """The one node of this graph reading ``tensor``, if it is not a graph output."""
-        if id(tensor) in self.output_ids:
-            return None
-        readers = {id(n): n for n in tensor.outputs}
-        if len(readers) != 1:
-            return None
-        (node,) = readers.values()
-        return node if id(node) in self.local else None
+        return sole_reader(tensor, self.local, self.output_ids)
 
     # -- rewrites ------------------------------------------------------------------------
 
