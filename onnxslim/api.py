@@ -344,6 +344,12 @@ def _verification(original: Any, candidate: Any, pipeline: Pipeline, ctx: PassCo
                          tolerance=opts.tolerance, seed=opts.seed, header=header)
 
 
+def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
 def optimize(model: onnx.ModelProto | str | os.PathLike, **options: Any) -> tuple[onnx.ModelProto, Report]:
     """Optimize a model in memory. Returns the new model and the report.
 
@@ -358,17 +364,15 @@ def optimize(model: onnx.ModelProto | str | os.PathLike, **options: Any) -> tupl
         check_model(model, original_source)
     else:
         check_model(model)
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        original_source, model = model, copy
+        original_source, model = model, _copy_model(model)
     build_pipeline(opts.passes, opts.skip)  # usage errors before any work
     if opts.inputs_file is not None:
         check_inputs_file(opts.inputs_file, model, opts.input_shapes)
     pipeline, ctx = _prepare(model, opts)
     report = Report(pipeline=str(pipeline), options=opts.to_dict())
     hook = _VerifyEach(model, original_source, opts.input_shapes, opts.inputs_file, opts.tolerance, opts.seed) if opts.verify_each else None
-    header = onnx.ModelProto()
-    header.CopyFrom(model)
+    # The untouched original: the caller's proto as given, else a copy of the freshly loaded one.
+    header = original_source if isinstance(original_source, onnx.ModelProto) else _copy_model(model)
     out = _run(model, report, pipeline, ctx, hook, recorder=StageRecorder(header, ctx, opts))
     if opts.verify:
         start = time.perf_counter()

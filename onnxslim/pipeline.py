@@ -114,21 +114,30 @@ class Pass:
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def discover(package: Any, base: type) -> list[type]:
+    """Named subclasses of ``base`` defined in the modules of ``package`` (modules in name order;
+    modules starting with ``_`` skipped). Shared by the pass registry and the CLI stages."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, base) and obj is not base and obj.name and obj.__module__ == module.__name__:
+                found.append(obj)
+    return found
+
+
 @functools.lru_cache(maxsize=1)
 def registry() -> dict[str, type[Pass]]:
     """All passes found in :mod:`onnxslim.passes`, by name (sorted)."""
     import onnxslim.passes as package
 
     found: dict[str, type[Pass]] = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, Pass) and obj is not Pass and obj.name and obj.__module__ == module.__name__:
-                if obj.name in found and found[obj.name] is not obj:
-                    raise RuntimeError(f"two passes are named {obj.name!r}")
-                found[obj.name] = obj
+    for cls in discover(package, Pass):
+        if cls.name in found and found[cls.name] is not cls:
+            raise RuntimeError(f"two passes are named {cls.name!r}")
+        found[cls.name] = cls
     return dict(sorted(found.items()))
 
 

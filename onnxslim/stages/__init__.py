@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
-import pkgutil
 from typing import Any, ClassVar
 
 import click
 import onnx
 
-from onnxslim.pipeline import PassContext
+from onnxslim.pipeline import PassContext, discover
 
 
 class Stage:
@@ -42,13 +40,5 @@ class Stage:
 
 @functools.lru_cache(maxsize=1)
 def stages() -> tuple[Stage, ...]:
-    package = importlib.import_module(__name__)
-    found: list[Stage] = []
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, Stage) and obj is not Stage and obj.name and obj.__module__ == module.__name__:
-                found.append(obj())
+    found = [cls() for cls in discover(importlib.import_module(__name__), Stage)]
     return tuple(sorted(found, key=lambda s: (s.order, s.name)))
