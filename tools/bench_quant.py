@@ -1,12 +1,14 @@
 """INT8 quantization bench: onnxslim ``--quantize int8`` vs onnxruntime's ``quantize_static``, same samples.
 
     python tools/bench_quant.py --zoo zoo --models resnet50,mobilenetv2,minilm_l6,ppocr_rec,vit_b16 \\
-        --methods minmax,percentile,entropy,mse --calib 64 --holdout 32 --json bench-out/quant.json
+        --methods minmax,percentile,entropy,mse --calib 64 --holdout 128 --json bench-out/quant.json
     python tools/bench_quant.py --rss-samples 100,1000      # peak RSS of calibration vs sample count
 
 Per model and calibration method, for ours and ORT's best settings (QDQ, per-channel, u8 activations,
-s8 weights; MinMax/Percentile/Entropy; ORT has no MSE method): ORT CPU latency of the INT8 model
-vs FP32 in the same run (ORT_ENABLE_ALL, 2 intra-op threads, median of interleaved runs), fidelity
+s8 weights; MinMax/Percentile/Entropy; ORT has no MSE method), plus one row for quantize_static with
+its defaults (``ort_default``: s8 activations and weights, per-tensor, MinMax): ORT CPU latency of
+the INT8 model vs FP32 in the same run (ORT_ENABLE_ALL; 2 and 1 intra-op threads; median of
+alternating blocks of runs, see latencies()), fidelity
 vs FP32 on held-out inputs (mean cosine, top-1 agreement), a task metric where the model is trained
 (MiniLM: real sentences, nearest-neighbour agreement; PP-OCR rec: rendered words, character
 accuracy with the model's dictionary and CTC decoding), quantization wall time, calibration time
@@ -243,9 +245,12 @@ def worker(spec: dict) -> dict:
             def get_next(self):
                 return next(self.it, None)
 
-        quantize_static(spec["model"], spec["out"], Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, ORT_METHODS[spec["method"]]))
+        if spec["tool"] == "ort_default":  # quantize_static as documented: QDQ, s8 activations and weights, per-tensor
+            quantize_static(spec["model"], spec["out"], Reader())
+        else:
+            quantize_static(spec["model"], spec["out"], Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=getattr(CalibrationMethod, ORT_METHODS[spec["method"]]))
         calib_s = None
     return {"seconds": time.perf_counter() - start, "calib_seconds": calib_s, "peak_rss_mb": peak_rss_mb()}
 
@@ -284,18 +289,21 @@ def session(path: str, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
-def latencies(sessions: list[ort.InferenceSession], feeds: dict, runs: int) -> list[tuple[float, float]]:
-    """(median, min) latency in ms of each session; runs interleaved in blocks so drift hits all alike.
+def latencies(sessions: list[ort.InferenceSession], feeds: dict, runs: int, block: int = 10) -> list[tuple[float, float]]:
+    """(median, min) latency in ms of each session, measured in alternating blocks of ``block`` runs.
 
-    The minimum is reported too: on a shared machine it is the least disturbed by other load.
+    Blocks alternate between sessions so that drift hits all alike, but runs are never interleaved
+    one by one: an idle session's intra-op threads keep spinning for a while after its last run
+    and steal a core from the session being timed (on 2 cores that cost the INT8 model up to 1.7x).
+    Each block starts with two untimed runs while the other session's threads go idle. The
+    minimum is reported too: on a shared machine it is the least disturbed by other load.
     """
     times: list[list[float]] = [[] for _ in sessions]
-    for s in sessions:
-        for _ in range(3):
-            s.run(None, feeds)
-    for _ in range(max(1, runs // 5)):
+    for _ in range(max(1, -(-runs // block))):
         for i, s in enumerate(sessions):
-            for _ in range(5):
+            for _ in range(2):
+                s.run(None, feeds)
+            for _ in range(block):
                 t = time.perf_counter()
                 s.run(None, feeds)
                 times[i].append(time.perf_counter() - t)
@@ -357,24 +365,30 @@ def bench_model(name: str, args, work: Path) -> list[dict]:
     folder = work / f"{name}-calib"
     save_folder(calib, folder)
     held_feeds = feeds_of(held)
-    fp32 = session(path, args.threads)
-    want = outputs(fp32, held_feeds)
-    plain_s = plain_inference_seconds(path, calib, args.threads)
+    main_threads = args.threads[0]
+    fp32 = {t: session(path, t) for t in args.threads}
+    want = outputs(fp32[main_threads], held_feeds)
+    plain_s = plain_inference_seconds(path, calib, main_threads)
     rows = []
     for method in args.methods:
-        for tool in ("onnxslim", "ort"):
-            if tool == "ort" and method not in ORT_METHODS:
+        tools = ["onnxslim", "ort"] + (["ort_default"] if method == "minmax" and args.ort_default else [])
+        for tool in tools:
+            if tool != "onnxslim" and method not in ORT_METHODS:
                 continue
             out = str(work / f"{name}-{tool}-{method}.onnx")
             res = run_worker({"tool": tool, "model": path, "out": out, "method": method, "calib": str(folder)}, args.timeout)
             row = {"model": name, "tool": tool, "method": method, **res}
             if "error" not in res:
-                q = session(out, args.threads)
-                (lat_fp32, min_fp32), (lat_int8, min_int8) = latencies([fp32, q], held_feeds[0], args.runs)
-                got = outputs(q, held_feeds)
-                row.update({"fp32_ms": lat_fp32, "int8_ms": lat_int8, "speedup": lat_fp32 / lat_int8,
-                            "speedup_of_min": min_fp32 / min_int8,
-                            **fidelity(want, got), **task_metric(name, task, want, got),
+                for t in args.threads:
+                    q = session(out, t)
+                    (lat_fp32, min_fp32), (lat_int8, min_int8) = latencies([fp32[t], q], held_feeds[0], args.runs)
+                    suffix = "" if t == main_threads else f"_t{t}"
+                    row.update({f"fp32_ms{suffix}": lat_fp32, f"int8_ms{suffix}": lat_int8, f"speedup{suffix}": lat_fp32 / lat_int8,
+                                f"speedup_of_min{suffix}": min_fp32 / min_int8})
+                    if t == main_threads:
+                        got = outputs(q, held_feeds)
+                    del q
+                row.update({"threads": args.threads, **fidelity(want, got), **task_metric(name, task, want, got),
                             "plain_inference_s": plain_s})
                 if res.get("calib_seconds"):
                     row["calib_vs_inference"] = res["calib_seconds"] / plain_s
@@ -401,20 +415,25 @@ def rss_rows(args, work: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | tool | method | FP32 ms | INT8 ms | speedup (median / min) | cosine | top-1 | task | quant s "
-            "| calib/infer | peak RSS MB |")
-    lines = [head, "|" + "---|" * 12]
+    extra = sorted({k[len("speedup_t"):] for r in rows for k in r if k.startswith("speedup_t")}, key=int)
+    threads = next((r["threads"][0] for r in rows if "threads" in r), 2)
+    head = (f"| model | tool | method | FP32 ms | INT8 ms | speedup {threads} thr (median / min) "
+            + "".join(f"| speedup {t} thr " for t in extra)
+            + "| cosine | top-1 | task | quant s | calib/infer | peak RSS MB |")
+    cols = 12 + len(extra)
+    lines = [head, "|" + "---|" * cols]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | error: {r['error']} |" + " |" * 8)
+            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | error: {r['error']} |" + " |" * (cols - 4))
             continue
         task = ("char acc {char_acc:.3f} (fp32 {char_acc_fp32:.3f})".format(**r) if "char_acc" in r
                 else f"NN agree {r['nn_agreement']:.3f}" if "nn_agreement" in r else "")
         top1 = f"{r['top1']:.3f}" if "top1" in r else ""
         ratio = f"{r['calib_vs_inference']:.2f}" if "calib_vs_inference" in r else ""
         fastest = f" / {r['speedup_of_min']:.2f}x" if "speedup_of_min" in r else ""
+        more = "".join(f"| {r[f'speedup_t{t}']:.2f}x " if f"speedup_t{t}" in r else "| " for t in extra)
         lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {r['speedup']:.2f}x{fastest} "
-                     f"| {r['cosine']:.5f} | {top1} | {task} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |")
+                     f"{more}| {r['cosine']:.5f} | {top1} | {task} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -424,8 +443,10 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="resnet50,mobilenetv2,minilm_l6,ppocr_rec,vit_b16")
     p.add_argument("--methods", default="minmax,percentile,entropy,mse")
     p.add_argument("--calib", type=int, default=64)
-    p.add_argument("--holdout", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--holdout", type=int, default=128)
+    p.add_argument("--threads", default="2,1", help="intra-op thread counts to time (the first is the main column)")
+    p.add_argument("--no-ort-default", dest="ort_default", action="store_false",
+                   help="skip the row for quantize_static with its defaults (s8s8, per-tensor)")
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--rss-samples", default="", help="e.g. 100,1000: peak RSS of our calibration on ResNet-50")
@@ -437,6 +458,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     args.methods = [m for m in args.methods.split(",") if m]
+    args.threads = [int(t) for t in str(args.threads).split(",") if t]
     args.rss_samples = [int(n) for n in args.rss_samples.split(",") if n]
     result = {"rows": [], "rss": [], "cpu": os.cpu_count(), "onnxruntime": ort.__version__}
     with tempfile.TemporaryDirectory() as tmp:
