@@ -113,3 +113,22 @@ def test_left_alone(kwargs):
     out, records = apply_passes(model, "space_to_depth_stem")
     assert not records[0].changed
     assert op_counts(out) == op_counts(model)
+
+
+def float_stem_net() -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    inits = [init("w1", rng.standard_normal((8, 3, 7, 7)).astype(np.float32) * 0.1), init("b1", np.zeros(8, np.float32)),
+             init("w2", rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.1), init("b2", np.zeros(8, np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[7, 7], pads=[3, 3, 3, 3], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    return make_model(nodes, [vi("x", [1, 3, 32, 32])], [vi("y", [1, 8, 16, 16])], inits, opset=13)
+
+
+@pytest.mark.parametrize("device,expected", [("x86", 1), ("arm", 0)])
+def test_quantize_stage_runs_it_for_ort_x86_only(device, expected):
+    import onnxslim
+
+    model, report = onnxslim.optimize(float_stem_net(), stage_values={"quantize": "int8"}, target="ort", device=device)
+    assert op_counts(model).get("SpaceToDepth", 0) == expected
+    assert ("space_to_depth_stem" in [p.name for p in report.passes]) == bool(expected)
