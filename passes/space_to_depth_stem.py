@@ -39,7 +39,7 @@ from onnxslim.graph import NameScope, constant_value, make_constant, make_node, 
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 MAX_CHANNELS = 4  # beyond a few channels the im2col pieces are long enough; the rewrite would only add MACs
-MIN_KERNEL = 5  # 3x3 stems gain nothing measurable (MobileNetV2); 7x7 ones halve their time (ResNet-50)
+MIN_KERNEL = 5  # single-layer timing, 224x224 input, 1 thread: 3x3 gains nothing, 5x5 and 7x7 run ~30% faster
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
 
 

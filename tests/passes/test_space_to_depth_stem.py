@@ -17,10 +17,10 @@ from tests.helpers import apply_passes, init, make_model, op_counts, vi
 
 
 def stem_model(channels=3, kernel=(7, 7), pads=(3, 3, 3, 3), strides=(2, 2), size=(32, 32), group=1,
-               per_channel=True, batch="N", quantized_input=True) -> onnx.ModelProto:
+               per_channel=True, batch="N", quantized_input=True, out_ch=8) -> onnx.ModelProto:
     """x -> Q -> DQ -> Conv(DQ(int8 W), DQ(int32 b)) -> Q -> DQ -> y, like insert_qdq emits for ORT x86."""
     rng = np.random.default_rng(0)
-    out_ch = 8
+
     w = rng.integers(-127, 128, (out_ch, channels // group, *kernel)).astype(np.int8)
     w_scale = (rng.random(out_ch if per_channel else 1) * 0.01 + 0.001).astype(np.float32)
     x_scale, x_zp = np.float32(0.02), np.uint8(128)
@@ -41,7 +41,7 @@ def stem_model(channels=3, kernel=(7, 7), pads=(3, 3, 3, 3), strides=(2, 2), siz
              helper.make_node("DequantizeLinear", ["c_q", "y_scale", "y_zp"], ["y"])]
     if not quantized_input:
         nodes = nodes[2:]
-    return make_model(nodes, [vi("x", [batch, channels, *size])], [vi("y", [batch, 8, None, None])], inits, opset=13)
+    return make_model(nodes, [vi("x", [batch, channels, *size])], [vi("y", [batch, out_ch, None, None])], inits, opset=13)
 
 
 def run(model: onnx.ModelProto, x: np.ndarray, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> np.ndarray:
