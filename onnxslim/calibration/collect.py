@@ -1,13 +1,21 @@
 """Collect intermediate activations with one onnxruntime session for many tensors at once.
 
-The model is copied with the requested tensors added as graph outputs; each batch of the
-calibration set is run once and every requested tensor is handed to an observer, then
-dropped. Memory is one batch of activations, independent of the number of samples.
+The session runs the model with the requested tensors added as graph outputs; each batch of the
+calibration set is run once and every requested tensor is handed to an observer, then dropped.
+Memory is one batch of activations, independent of the number of samples.
+
+The model is borrowed, not copied: the session is built from a weight-free skeleton of it (nodes,
+small constants, the extra outputs), and the large initializers are handed to onnxruntime as
+arrays over their bytes (``SessionOptions.add_external_initializers``). onnxruntime then neither
+parses a serialized copy of the weights nor hits protobuf's 2 GB limit. The extra outputs are
+declared with their element type where the model records it and left for onnxruntime to infer
+otherwise, so no shape inference runs here.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -15,63 +23,116 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, shape_inference
+from onnx import helper, numpy_helper
 
 from onnxslim.calibration.data import CalibrationSet, Feeds
 from onnxslim.io import TWO_GB, save
 
 Observer = Callable[[str, np.ndarray], None]
 
+INLINE_LIMIT = 1024  # initializers up to this many bytes stay in the skeleton
+_NATIVE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+           onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
+           onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
 
-def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element types of every value in the graph (initializer data left out of inference)."""
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model) if model.ByteSize() < 64 * 2**20 else _copy_without_weights(model, skeleton)
-    try:
-        inferred = shape_inference.infer_shapes(skeleton, strict_mode=False)
-    except Exception:  # shape inference is best effort here; missing types are handled below
-        inferred = skeleton
-    types: dict[str, int] = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
+
+def _weight_array(t: onnx.TensorProto) -> np.ndarray | None:
+    """The initializer's values as an array onnxruntime can take over; None to keep it inline."""
+    if (t.data_type not in _NATIVE or t.ByteSize() <= INLINE_LIMIT
+            or onnx.external_data_helper.uses_external_data(t)):
+        return None
+    if t.HasField("raw_data") and sys.byteorder == "little":
+        dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+        return np.frombuffer(t.raw_data, dtype=dtype).reshape(tuple(t.dims))  # one copy: the bytes object
+    return np.ascontiguousarray(numpy_helper.to_array(t))
+
+
+def _external_placeholder(t: onnx.TensorProto) -> onnx.TensorProto:
+    """An initializer entry whose data onnxruntime takes from ``add_external_initializers``."""
+    out = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type, data_location=onnx.TensorProto.EXTERNAL)
+    entry = out.external_data.add()
+    entry.key, entry.value = "location", "supplied-by-collector"
+    return out
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element types the model records (value_info, inputs, outputs, initializers); no inference."""
+    g = model.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    for init in g.initializer:
+        types.setdefault(init.name, init.data_type)
     return types
 
 
-def _copy_without_weights(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.ByteSize() > 1024:
-            t.ClearField("raw_data")
-            for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                t.ClearField(f)
+def _copy_fields(src, dst, skip: tuple[str, ...] = ()) -> None:
+    """Copy the set fields of protobuf message ``src`` into ``dst``, except ``skip``."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _augmented(model: onnx.ModelProto, names: Sequence[str]) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+    """(skeleton with ``names`` as extra outputs, external initializer names, their arrays)."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip=("graph",))
+    src, g = model.graph, out.graph
+    _copy_fields(src, g, skip=("initializer", "output"))
+    ext_names: list[str] = []
+    ext_values: list[np.ndarray] = []
+    for t in src.initializer:
+        arr = _weight_array(t)
+        if arr is None:
+            g.initializer.append(t)
+        else:
+            g.initializer.append(_external_placeholder(t))
+            ext_names.append(t.name)
+            ext_values.append(arr)
+    g.output.extend(src.output)
+    existing = {o.name for o in src.output}
+    types = _element_types(model)
+    for name in names:
+        if name not in existing:  # an untyped output is typed by onnxruntime's own inference
+            g.output.append(helper.make_tensor_value_info(name, types[name], None) if name in types
+                            else onnx.ValueInfoProto(name=name))
+    return out, ext_names, ext_values
 
 
 class ActivationCollector:
-    """Run a model over a calibration set and stream chosen intermediate tensors to observers."""
+    """Run a model over a calibration set and stream chosen intermediate tensors to observers.
 
-    def __init__(self, model: onnx.ModelProto, tensor_names: Sequence[str], threads: int | None = None):
+    ``optimization_level``: onnxruntime's graph optimizations for the session (off by default;
+    requested tensors stay graph outputs either way, since onnxruntime never fuses one away, and
+    ``ORT_ENABLE_ALL`` runs convolutional nets several times faster). ``spinning``: let idle
+    intra-op threads spin-wait (faster alone, wasteful beside other work in the same process).
+    """
+
+    def __init__(self, model: onnx.ModelProto, tensor_names: Sequence[str], threads: int | None = None,
+                 optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                 spinning: bool = True):
         self.names = list(dict.fromkeys(tensor_names))
-        types = _tensor_types(model)
-        augmented = onnx.ModelProto()
-        augmented.CopyFrom(model)
-        existing = {o.name for o in augmented.graph.output}
-        for name in self.names:
-            if name in existing:
-                continue
-            elem = types.get(name, onnx.TensorProto.FLOAT)
-            augmented.graph.output.append(helper.make_tensor_value_info(name, elem, None))
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.graph_optimization_level = optimization_level
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        if augmented.ByteSize() < TWO_GB - 2**20:
-            self.session = ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        else:
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        skeleton, ext_names, ext_values = _augmented(model, self.names)
+        # onnxruntime reads these arrays for the session's lifetime: the collector keeps them.
+        self._external = dict(zip(ext_names, (ort.OrtValue.ortvalue_from_numpy(v) for v in ext_values)))
+        if ext_names:
+            opts.add_external_initializers(list(self._external), list(self._external.values()))
+        if skeleton.ByteSize() < TWO_GB - 2**20:
+            self.session = ort.InferenceSession(skeleton.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        else:  # huge constants inside nodes: through a file with external data
             with tempfile.TemporaryDirectory() as tmp:
-                path = save(augmented, Path(tmp) / "augmented.onnx", external_data=True)
+                path = save(skeleton, Path(tmp) / "augmented.onnx", external_data=True)
                 self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
         fixed = {i.shape[0] for i in self.session.get_inputs() if i.shape and isinstance(i.shape[0], int)}

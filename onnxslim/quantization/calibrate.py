@@ -10,95 +10,92 @@ activations per sample.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from typing import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from onnxslim.calibration import ActivationCollector, CalibrationSet
-from onnxslim.calibration.collect import _tensor_types
 from onnxslim.calibration.data import Feeds
-from onnxslim.io import TWO_GB
 from onnxslim.progress import ProgressBar
 from onnxslim.quantization.histogram import TensorStats
 
 logger = logging.getLogger(__name__)
 
 
-class OptimizedCollector(ActivationCollector):
-    """ActivationCollector whose session runs with onnxruntime's graph optimizations on.
-
-    The shared collector disables them; requested tensors stay graph outputs either way (onnxruntime
-    never fuses away a graph output), and the optimized session is several times faster on convs.
-    Models over 2 GB use the shared collector.
-    """
-
-    def __init__(self, model: onnx.ModelProto, tensor_names: list[str], threads: int | None = None,
-                 level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-        self.names = list(dict.fromkeys(tensor_names))
-        types = _tensor_types(model)
-        # The requested tensors are added to ``model`` itself for the time it takes to serialize it,
-        # then removed: no second copy of the weights.
-        kept = len(model.graph.output)
-        existing = {o.name for o in model.graph.output}
-        for name in self.names:
-            if name not in existing:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = level
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        finally:
-            del model.graph.output[kept:]
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        fixed = {i.shape[0] for i in self.session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
-        self.fixed_batch = fixed.pop() if len(fixed) == 1 else None
+def make_collector(model: onnx.ModelProto, tensors: list[str], threads: int | None = None,
+                   spinning: bool = True) -> ActivationCollector:
+    """One session for every observed tensor, with onnxruntime's graph optimizations on (observed
+    tensors stay graph outputs; convolutional nets run several times faster than unoptimized)."""
+    return ActivationCollector(model, tensors, threads, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                               spinning=spinning)
 
 
-def make_collector(model: onnx.ModelProto, tensors: list[str], threads: int | None = None) -> ActivationCollector:
-    if model.ByteSize() < TWO_GB // 2:
-        return OptimizedCollector(model, tensors, threads)
-    return ActivationCollector(model, tensors, threads=threads)
-
-
-def _counted(batches: Iterable[Feeds], bar: ProgressBar, current: dict[str, int]) -> Iterator[Feeds]:
-    for feeds in batches:
-        current["rows"] = int(next(iter(feeds.values())).shape[0]) if feeds else 0
-        yield feeds
-        bar.update(current["rows"])
+def _rows(feeds: Feeds) -> int:
+    return int(next(iter(feeds.values())).shape[0]) if feeds else 0
 
 
 def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationSet, *, bins: int = 2048,
                   histogram: bool | set[str] = True, batch_size: int = 8, progress: bool = False,
-                  threads: int | None = None, sample_cap: int = 0) -> tuple[dict[str, TensorStats], int]:
+                  threads: int | None = None, sample_cap: int = 0,
+                  overlap: bool = True) -> tuple[dict[str, TensorStats], int]:
     """Statistics of ``tensors`` over every sample of ``data`` (one inference per batch), and the sample count.
 
     ``histogram``: True for all tensors, False for min/max only, or the set of tensors that need one.
     ``sample_cap``: histogram values taken per sample and tensor (0: all; min/max always see all).
+    ``overlap``: update the statistics of one batch in a worker thread while onnxruntime runs the
+    next (NumPy and onnxruntime both release the GIL); two batches of activations are then alive
+    at a time instead of one. The updates still happen in sample order, so results are the same.
     """
     if not tensors:
         return {}, 0
     wants = (lambda name: histogram) if isinstance(histogram, bool) else (lambda name: name in histogram)
     stats = {name: TensorStats(bins, wants(name), sample_cap) for name in tensors}
-    collector = make_collector(model, tensors, threads)
+    # Spin-waiting intra-op threads would take the core the statistics thread needs.
+    collector = make_collector(model, tensors, threads, spinning=not overlap)
     size = collector.fixed_batch or batch_size
     bar = ProgressBar("calibrating", total=None, unit="samples", enabled=None if progress else False)
 
-    current = {"rows": 0}
-
-    def observe(name: str, value: np.ndarray) -> None:
-        stats[name].update(value, current["rows"])
+    def observe_all(values: dict[str, np.ndarray], rows: int) -> None:
+        for name, value in values.items():
+            stats[name].update(value, rows)
+        bar.update(rows)
 
     start = time.perf_counter()
-    seen = collector.collect(_counted(data.batches(size), bar, current), observe, batch_size=size)
+    seen = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibration") if overlap else _Inline() as worker:
+        pending: Future | None = None
+        for feeds in data.batches(size):
+            values = collector.run(feeds)
+            if pending is not None:
+                pending.result()  # one batch in flight at most: memory stays two batches
+            rows = _rows(feeds)
+            pending = worker.submit(observe_all, values, rows)
+            del values
+            seen += rows
+        if pending is not None:
+            pending.result()
     bar.close()
     logger.info("calibration: %d samples, %d tensors, %.2fs", seen, len(tensors), time.perf_counter() - start)
     return stats, seen
+
+
+class _Inline:
+    """The executor interface, running each task at once in the calling thread."""
+
+    def __enter__(self) -> "_Inline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
 
 
 def merged(stats: dict[str, TensorStats], names: Iterable[str]) -> TensorStats | None:

@@ -9,9 +9,10 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from onnxslim.calibration import load_calibration
+from onnxslim.calibration import load_calibration, synthetic
 from onnxslim.cli import main
 from onnxslim.pipeline import PassContext
+from onnxslim.quantization.calibrate import collect_stats
 from tests.helpers import apply_passes, op_counts
 from tests.passes.test_insert_qdq import resnet_block
 
@@ -132,3 +133,17 @@ def test_cli_already_quantized_exit_2(model_file, tmp_path):
     assert ok.exit_code == 0, ok.output
     again = CliRunner().invoke(main, ["optimize", str(first), "--quantize", "int8", "-o", str(tmp_path / "qq.onnx")])
     assert again.exit_code == 2 and "already quantized" in again.output
+
+
+@pytest.mark.parametrize("sample", [0, 100])
+def test_overlapped_statistics_equal_sequential(sample):
+    model = resnet_block(c=8)
+    names = ["x", "r0", "p0", "r1", "a2", "f"]
+    data = synthetic(model, 24, seed=5)
+    runs = [collect_stats(model, names, data, batch_size=4, sample_cap=sample, overlap=overlap) for overlap in (False, True)]
+    (seq, n_seq), (ovl, n_ovl) = runs
+    assert n_seq == n_ovl == 24
+    for name in names:
+        a, b = seq[name], ovl[name]
+        assert (a.minimum, a.maximum, a.count, a.exponent) == (b.minimum, b.maximum, b.count, b.exponent)
+        assert np.array_equal(a.counts, b.counts)
