@@ -1,0 +1,88 @@
+"""TensorStats against a direct reference: every value's bin is floor(x / 2**e), however it arrives."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnxslim.quantization.histogram import TensorStats
+
+
+def reference_counts(values: np.ndarray, stats: TensorStats) -> np.ndarray:
+    """Counts of ``values`` on ``stats``'s final grid, one value at a time in float64."""
+    k = np.floor(values.astype(np.float64) / math.ldexp(1.0, stats.exponent)).astype(np.int64)
+    return np.bincount(k + stats.half, minlength=2 * stats.half)
+
+
+def mixed(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    parts = [rng.standard_normal(n), rng.laplace(size=n) * 1e-3, np.abs(rng.standard_normal(n)) * 40,
+             -rng.exponential(size=n) * 1e-30, np.zeros(n // 10)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+@pytest.mark.parametrize("bins", [128, 2048, 65536])
+def test_counts_equal_the_reference_at_any_magnitude(bins):
+    x = mixed(20_000)
+    for scale in (1.0, 1e-20, 1e30):
+        s = TensorStats(bins)
+        values = (x * np.float32(scale)).astype(np.float32)
+        for part in np.array_split(values, 7):  # growing grids coarsen the counts on the way
+            s.update(part)
+        assert np.array_equal(s.counts, reference_counts(values, s))
+        assert (s.minimum, s.maximum, s.count) == (float(values.min()), float(values.max()), values.size)
+
+
+def test_values_exactly_on_bin_edges_and_at_the_top():
+    s = TensorStats(128)
+    s.update(np.array([1.5], np.float32))  # grid width 2**-7: 256 bins of each sign cover |x| < 2
+    w, top = s.width, s.half * s.width
+    edges = (np.arange(1 - s.half, s.half) * w).astype(np.float32)  # bins' lower edges (-2 would need a wider grid)
+    below = np.nextafter(edges, np.float32(-np.inf))  # just under each edge: the bin before
+    highest = np.nextafter(np.float32(top), np.float32(0))  # the largest value this grid holds
+    values = np.concatenate([[1.5], edges, below, [highest, -0.0]]).astype(np.float32)
+    s.update(values[1:])
+    assert s.exponent == -7 and np.array_equal(s.counts, reference_counts(values, s))
+    # Bin -256, [-2, -2 + w): the value just under -2 + w; bin 255, [2 - w, 2): 2 - w and the top value.
+    assert s.counts[0] == 1 and s.counts[-1] == 2
+
+
+def test_other_dtypes_are_counted_as_float32():
+    x64 = mixed(5_000).astype(np.float64) * 1.000001
+    a, b = TensorStats(), TensorStats()
+    a.update(x64)
+    b.update(x64.astype(np.float32))
+    assert a.exponent == b.exponent and np.array_equal(a.counts, b.counts) and a.maximum == b.maximum
+    ints = TensorStats()
+    ints.update(np.arange(-50, 50, dtype=np.int64))
+    assert (ints.minimum, ints.maximum, ints.count) == (-50.0, 49.0, 100)
+
+
+def test_sampling_is_per_sample_and_batch_free():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 7, 33, 5)).astype(np.float32)  # 1155 values per sample
+    whole, rows = TensorStats(256, sample_cap=100), TensorStats(256, sample_cap=100)
+    whole.update(x, rows=12)
+    for i in range(0, 12, 5):
+        rows.update(x[i:i + 5], rows=len(x[i:i + 5]))
+    assert whole.exponent == rows.exponent and np.array_equal(whole.counts, rows.counts)
+    step = math.ceil(1155 / 100)
+    assert whole.counts.sum() == 12 * len(range(0, 1155, step))
+    picked = x.reshape(12, -1)[:, ::step].reshape(-1)
+    assert np.array_equal(whole.counts, reference_counts(picked, whole))
+    assert (whole.minimum, whole.maximum, whole.count) == (float(x.min()), float(x.max()), x.size)
+
+
+def test_sampling_with_nonfinite_values():
+    x = np.random.default_rng(2).standard_normal((4, 1000)).astype(np.float32)
+    x[1, ::7] = np.nan
+    x[3, 5] = -np.inf
+    s = TensorStats(256, sample_cap=50)
+    s.update(x, rows=4)
+    finite = np.isfinite(x)
+    picked = x[:, ::20].reshape(-1)
+    assert s.nonfinite == x.size - finite.sum() and s.count == finite.sum()
+    assert np.array_equal(s.counts, reference_counts(picked[np.isfinite(picked)], s))
+    assert (s.minimum, s.maximum) == (float(x[finite].min()), float(x[finite].max()))
