@@ -14,6 +14,7 @@ otherwise, so no shape inference runs here.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -38,11 +39,12 @@ _NATIVE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLO
 
 def _weight_array(t: onnx.TensorProto) -> np.ndarray | None:
     """The initializer's values as an array onnxruntime can take over; None to keep it inline."""
-    if (t.data_type not in _NATIVE or t.ByteSize() <= INLINE_LIMIT
-            or onnx.external_data_helper.uses_external_data(t)):
+    if t.data_type not in _NATIVE or onnx.external_data_helper.uses_external_data(t):
+        return None
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+    if math.prod(t.dims) * dtype.itemsize <= INLINE_LIMIT:  # (ByteSize() would serialize the tensor)
         return None
     if t.HasField("raw_data") and sys.byteorder == "little":
-        dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
         return np.frombuffer(t.raw_data, dtype=dtype).reshape(tuple(t.dims))  # one copy: the bytes object
     return np.ascontiguousarray(numpy_helper.to_array(t))
 
