@@ -1,14 +1,15 @@
 """Streaming calibration: one onnxruntime pass over the samples, statistics for many tensors at once.
 
-Memory is one batch of activations plus a fixed-size histogram per observed tensor (``4 * bins``
-int64 counts), whatever the number of samples. Every statistic is an exact, order-free function
-of the values seen (see :mod:`onnxslim.quantization.histogram`), so the same samples give
-bit-identical ranges for any batch size or chunking, provided onnxruntime computes the same
-activations per sample.
+Memory is two batches of activations (one being observed while onnxruntime computes the next)
+plus a fixed-size histogram per observed tensor (``4 * bins`` int64 counts), whatever the number
+of samples. Every statistic is an exact, order-free function of the values seen (see
+:mod:`onnxslim.quantization.histogram`), so the same samples give bit-identical ranges for any
+batch size or chunking, provided onnxruntime computes the same activations per sample.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,14 +67,18 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
 
     start = time.perf_counter()
     seen = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibration") if overlap else _Inline() as worker:
+    with contextlib.ExitStack() as stack:
+        worker = stack.enter_context(ThreadPoolExecutor(1, "calibration")) if overlap else None
         pending: Future | None = None
         for feeds in data.batches(size):
             values = collector.run(feeds)
+            rows = _rows(feeds)
             if pending is not None:
                 pending.result()  # one batch in flight at most: memory stays two batches
-            rows = _rows(feeds)
-            pending = worker.submit(observe_all, values, rows)
+            if worker is None:
+                observe_all(values, rows)
+            else:
+                pending = worker.submit(observe_all, values, rows)
             del values
             seen += rows
         if pending is not None:
@@ -81,21 +86,6 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
     bar.close()
     logger.info("calibration: %d samples, %d tensors, %.2fs", seen, len(tensors), time.perf_counter() - start)
     return stats, seen
-
-
-class _Inline:
-    """The executor interface, running each task at once in the calling thread."""
-
-    def __enter__(self) -> "_Inline":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
 
 
 def merged(stats: dict[str, TensorStats], names: Iterable[str]) -> TensorStats | None:

@@ -76,3 +76,13 @@ def test_collect_streams_every_batch():
     n = ActivationCollector(model, ["r", "y"], threads=1).collect(data, lambda name, v: seen.__setitem__(
         name, seen.get(name, 0) + v.shape[0]), batch_size=4)
     assert n == 10 and seen == {"r": 10, "y": 10}
+
+
+def test_through_a_file_when_the_skeleton_is_too_large(monkeypatch):
+    import onnxslim.calibration.collect as collect
+
+    monkeypatch.setattr(collect, "TWO_GB", 0)  # as if node constants alone passed protobuf's limit
+    model = small_net()
+    feeds = {"x": np.ones((2, 32), np.float32)}
+    got = collect.ActivationCollector(model, ["y"], threads=1).run(feeds)["y"]
+    np.testing.assert_allclose(got, reference(model, ["y"], feeds)[0], rtol=1e-6)
