@@ -35,8 +35,10 @@ from onnxslim.quantization.calibrate import collect_stats, merged
 from onnxslim.quantization.emit import Emitter, QParams, activation_params
 from onnxslim.quantization.histogram import TensorStats
 from onnxslim.quantization.methods import effective_method, select_range
+from onnxslim.quantization.moments import collect_moments, plan_layouts
 from onnxslim.quantization.options import QuantOptions
 from onnxslim.quantization.plan import QuantPlan, exclusion_matcher, make_plan
+from onnxslim.quantization.rounding import WeightRounder
 from onnxslim.quantization.rules import PlacementRules, rules_for
 from onnxslim.quantization.sensitivity import FidelityProbe, find_fallback
 
@@ -88,6 +90,9 @@ class InsertQdq(Pass):
                                        histogram=_needs_histogram(graph, observed, opts),
                                        batch_size=opts.batch_size, progress=opts.progress,
                                        sample_cap=opts.histogram_sample)
+        moments_start = time.perf_counter()
+        rounder, rounding_samples = _weight_rounder(graph, plan, reference, calibration, opts)
+        moments_seconds = time.perf_counter() - moments_start
         calib_seconds = time.perf_counter() - start
         ranges = _RangeBook(graph, stats, plan, rules, opts)
         probe = FidelityProbe(reference, _holdout(ctx, reference)) if opts.max_error is not None else None
@@ -100,7 +105,7 @@ class InsertQdq(Pass):
             def build(extra: frozenset) -> onnx.ModelProto:
                 copy = graph.copy()
                 sub = make_plan(copy, rules, lambda n: excluded(n) or n.name in extra)
-                Emitter(copy, sub, ranges.params(sub), rules, not opts.keep_activations).emit()
+                Emitter(copy, sub, ranges.params(sub), rules, not opts.keep_activations, rounder).emit()
                 return export_model(copy)
 
             result = find_fallback(build, plan.layers, probe, opts.max_error)
@@ -117,7 +122,7 @@ class InsertQdq(Pass):
                 plan = make_plan(graph, rules, lambda n: excluded(n) or n.name in chosen)
 
         params = ranges.params(plan)
-        emitter = Emitter(graph, plan, params, rules, not opts.keep_activations)
+        emitter = Emitter(graph, plan, params, rules, not opts.keep_activations, rounder)
         counters = emitter.emit()
         for note in emitter.notes:
             ctx.decline(self.name, where=note["where"], reason=note["reason"])
@@ -126,6 +131,9 @@ class InsertQdq(Pass):
                     for name in fallback]
         counters.update({"opset_raised_to_13": int(raised), "fallback_layers": len(fallback), "tensors_calibrated": len(observed),
                          "calib_samples": samples, "calib_seconds": round(calib_seconds, 3)})
+        if rounder is not None:
+            counters.update({"rounding_samples": rounding_samples, "moments_seconds": round(moments_seconds, 3),
+                             "rounding_seconds": round(rounder.seconds, 3)})
         return PassResult(counters["qdq_pairs"] + counters["weights_quantized"] > 0, counters, details)
 
 
@@ -168,6 +176,19 @@ def _observation_set(graph: gs.Graph, rules: PlacementRules, excluded, plan: Qua
             sub = make_plan(graph, rules, lambda n, keep=layer: excluded(n) or (n.name in plan.layers and n.name != keep))
             names.update(dict.fromkeys(sub.observed))
     return list(names)
+
+
+def _weight_rounder(graph: gs.Graph, plan: QuantPlan, reference: onnx.ModelProto, calibration: CalibrationSet,
+                    opts: QuantOptions) -> tuple[WeightRounder | None, int]:
+    """GPTQ rounding and/or bias correction from the input moments of the planned weights (a second, shorter pass)."""
+    gptq = opts.rounding == "gptq"
+    correct = opts.corrects_bias(bool(getattr(calibration, "synthetic", False)))
+    if not (gptq or correct):
+        return None, 0
+    layouts = plan_layouts(graph, plan)
+    moments, seen = collect_moments(reference, layouts, calibration, samples=opts.moment_samples,
+                                    max_width=opts.rounding_max_width if gptq else 0, batch_size=opts.batch_size)
+    return WeightRounder(moments, gptq, correct), seen
 
 
 def _needs_histogram(graph: gs.Graph, observed: list[str], opts: QuantOptions) -> set[str]:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.graph import NameScope, constant_value, is_graph_output, opset
 from onnxslim.quantization.plan import QuantPlan, WeightSpec
+from onnxslim.quantization.rounding import RoundedWeight, bias_site
 from onnxslim.quantization.rules import PlacementRules
 
 logger = logging.getLogger(__name__)
@@ -85,11 +87,15 @@ def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nda
     return q, scale
 
 
+# (node, weight slot, float weight, round-to-nearest scales, per-channel axis) -> codes, or None for nearest
+Rounder = Callable[[gs.Node, int, np.ndarray, np.ndarray, "int | None"], "RoundedWeight | None"]
+
+
 class Emitter:
     """Rewrites one graph according to a plan and per-group parameters."""
 
     def __init__(self, graph: gs.Graph, plan: QuantPlan, params: dict[int, QParams], rules: PlacementRules,
-                 fold_activations: bool = True):
+                 fold_activations: bool = True, rounder: Rounder | None = None):
         self.graph = graph
         self.plan = plan
         self.params = params
@@ -99,8 +105,12 @@ class Emitter:
         self.axis_ok = opset(graph) >= 13
         self.nodes = {n.name: n for n in graph.nodes}
         self.tensors = graph.tensors()
+        self.rounder = rounder
         self.counters = {"qdq_pairs": 0, "weights_quantized": 0, "biases_int32": 0, "activations_folded": 0,
                          "int8_layers": len(plan.layers)}
+        if rounder is not None:
+            self.counters.update({"weights_rounded_gptq": 0, "biases_corrected": 0})
+        self.bias_shifts: dict[str, np.ndarray] = {}  # node -> shift to subtract from its output's float bias
         self.weight_scales: dict[tuple[str, int], np.ndarray] = {}
         self.notes: list[dict[str, str]] = []
         self._group_constants: dict[int, tuple[gs.Constant, gs.Constant]] = {}
@@ -113,6 +123,8 @@ class Emitter:
         for node_name, bias_slot, weight_slot in self.plan.biases:
             if (node_name, 0) in x_scales and (node_name, weight_slot) in self.weight_scales:
                 self._quantize_bias(node_name, bias_slot, self.weight_scales[(node_name, weight_slot)], x_scales[(node_name, 0)])
+        for node_name in list(self.bias_shifts):  # biases that stay float take their correction as they are
+            self._shift_float_bias(node_name)
         readers: dict[str, list[tuple[gs.Node, int]]] = {}
         for node_name, slot, tensor in slots:
             readers.setdefault(tensor, []).append((self.nodes[node_name], slot))
@@ -145,9 +157,39 @@ class Emitter:
         q = gs.Node("QuantizeLinear", self.scope.fresh(f"{base}_QuantizeLinear"), inputs=[source, scale, zero], outputs=[quantized])
         dq = gs.Node("DequantizeLinear", self.scope.fresh(f"{base}_DequantizeLinear"), inputs=[quantized, scale, zero], outputs=[dequantized])
         self.graph.nodes.extend([q, dq])
+        per_axis = None
         for node, slot in targets:
-            node.inputs[slot] = dequantized
+            if self._float_weighted_layer(node, slot):
+                per_axis = per_axis or self._per_axis_copy(quantized, tensor, params)
+                node.inputs[slot] = per_axis or dequantized
+            else:
+                node.inputs[slot] = dequantized
         self.counters["qdq_pairs"] += 1
+
+    def _float_weighted_layer(self, node: gs.Node, slot: int) -> bool:
+        """A Conv/ConvTranspose/Gemm the plan leaves in float, reading an activation onnxruntime would quantize."""
+        if not self.rules.float_layers_read_per_axis_dq or slot != 0 or node.name in self.plan.layers:
+            return False
+        if node.op not in ("Conv", "ConvTranspose", "Gemm") or len(node.inputs) < 2:
+            return False
+        w = constant_value(node.inputs[1])
+        return w is not None and w.dtype == np.float32
+
+    def _per_axis_copy(self, quantized: gs.Variable, tensor: gs.Tensor, params: QParams) -> gs.Variable | None:
+        """DequantizeLinear of ``quantized`` with the group's scale repeated along axis 1 (needs opset 13, static C)."""
+        shape = tensor.shape
+        if not self.axis_ok or shape is None or len(shape) < 2 or not isinstance(shape[1], (int, np.integer)):
+            self.notes.append({"where": tensor.name, "reason": "float layer reads a per-tensor DequantizeLinear "
+                               "(channel count unknown); onnxruntime may quantize its weights per tensor"})
+            return None
+        channels = int(shape[1])
+        scale = gs.Constant(self.scope.fresh(f"{tensor.name}_scale_per_axis"), np.full(channels, params.scale, np.float32))
+        zero = gs.Constant(self.scope.fresh(f"{tensor.name}_zero_point_per_axis"),
+                           np.full(channels, params.zero_point, dtype=params.dtype))
+        out = gs.Variable(self.scope.fresh(f"{tensor.name}_dequantized_float_reader"), dtype=np.float32, shape=tensor.shape)
+        self.graph.nodes.append(gs.Node("DequantizeLinear", self.scope.fresh(f"{tensor.name}_DequantizeLinear_per_axis"),
+                                        attrs={"axis": 1}, inputs=[quantized, scale, zero], outputs=[out]))
+        return out
 
     def _fold_source(self, tensor: gs.Tensor, params: QParams) -> gs.Tensor:
         """The tensor the Q reads: past ReLU/Clip nodes it makes redundant (their outputs lose every reader)."""
@@ -180,15 +222,39 @@ class Emitter:
         w = constant_value(node.inputs[spec.slot])
         axis = spec.axis if self.axis_ok else None
         q, scale = quantize_weight(w, axis)
+        rounded = self.rounder(node, spec.slot, w, scale, axis) if self.rounder is not None else None
+        if rounded is not None:
+            q = rounded.q
+            self.counters["weights_rounded_gptq"] += int(rounded.gptq)
+            if rounded.bias_shift is not None:
+                self.bias_shifts[spec.node] = rounded.bias_shift
         self.weight_scales[(spec.node, spec.slot)] = scale
         zero = np.zeros(scale.shape, dtype=np.int8)
         name = node.inputs[spec.slot].name
         self._dequantized_input(node, spec.slot, q, scale, zero, axis, name)
         self.counters["weights_quantized"] += 1
 
+    def _corrected_bias(self, node_name: str, slot: int) -> np.ndarray:
+        """The node's float bias less its rounding shift (bias correction), if it has one."""
+        b = constant_value(self.nodes[node_name].inputs[slot])
+        shift = self.bias_shifts.get(node_name)
+        return b if shift is None else (b.astype(np.float64) - shift).astype(np.float32)
+
+    def _shift_float_bias(self, node_name: str) -> None:
+        """Subtract the shift from a bias that stays float (a new constant: the old one may be shared)."""
+        shift = self.bias_shifts.pop(node_name)
+        site = bias_site(self.nodes[node_name], shift.size)
+        if site is None:
+            return
+        owner, slot = site
+        b = constant_value(owner.inputs[slot])
+        corrected = (b.astype(np.float64) - shift.reshape(b.shape)).astype(np.float32)
+        owner.inputs[slot] = gs.Constant(self.scope.fresh(f"{owner.inputs[slot].name}_corrected"), corrected)
+        self.counters["biases_corrected"] += 1
+
     def _quantize_bias(self, node_name: str, slot: int, w_scale: np.ndarray, x_scale: np.float32) -> None:
         node = self.nodes[node_name]
-        b = constant_value(node.inputs[slot])
+        b = self._corrected_bias(node_name, slot)
         scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
         if scale.ndim == 1 and (scale.shape != b.shape or not self.axis_ok):
             return
@@ -199,6 +265,8 @@ class Emitter:
         zero = np.zeros(scale.shape, dtype=np.int32)
         self._dequantized_input(node, slot, q.astype(np.int32), scale, zero, 0 if scale.ndim == 1 else None, node.inputs[slot].name)
         self.counters["biases_int32"] += 1
+        if self.bias_shifts.pop(node_name, None) is not None:
+            self.counters["biases_corrected"] += 1
 
     def _dequantized_input(self, node: gs.Node, slot: int, q: np.ndarray, scale: np.ndarray, zero: np.ndarray,
                            axis: int | None, base: str) -> None:

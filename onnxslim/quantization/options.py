@@ -57,6 +57,19 @@ class QuantOptions:
     progress: bool = True  # a bar on stderr when it is a terminal (onnxslim.progress)
     synthetic_samples: int = 32  # when no calibration data is given
     histogram_sample: int = 16384  # histogram values per sample and tensor (0: all)
+    rounding: str = "nearest"  # int8 weight codes: "nearest" or "gptq" (data-aware, onnxslim.quantization.rounding)
+    bias_correction: bool | None = None  # fold each layer's mean rounding error into its bias (None: with real data)
+    rounding_samples: int | None = None  # calibration samples behind gptq / bias correction (None: 64 / 16)
+    rounding_max_width: int = 1024  # gptq only for input vectors up to this many values (cost grows as width^2)
+
+    @property
+    def moment_samples(self) -> int:
+        """gptq needs several input vectors per weight column; the means of bias correction need few."""
+        return self.rounding_samples or (64 if self.rounding == "gptq" else 16)
+
+    def corrects_bias(self, synthetic_data: bool) -> bool:
+        """Bias correction on? By default only with real calibration data (random inputs give wrong means)."""
+        return (not synthetic_data) if self.bias_correction is None else self.bias_correction
 
     def method_for(self, tensor: str) -> MethodSpec:
         for o in self.overrides:
@@ -86,6 +99,13 @@ class QuantOptions:
         if "histogram_sample" in values:
             kwargs["histogram_sample"] = 0 if values["histogram_sample"] in (0, "0") else parse_positive(
                 values["histogram_sample"], "histogram sample")
+        if "rounding" in values:
+            kwargs["rounding"] = parse_rounding(values["rounding"])
+        if values.get("bias_correction") is not None:
+            kwargs["bias_correction"] = bool(values["bias_correction"])
+        for key, what in (("rounding_samples", "--quant-rounding-samples"), ("rounding_max_width", "rounding max width")):
+            if key in values:
+                kwargs[key] = parse_positive(values[key], what)
         if "synthetic_samples" in values:
             kwargs["synthetic_samples"] = parse_positive(values["synthetic_samples"], "synthetic samples")
         return cls(**kwargs)
@@ -125,6 +145,16 @@ def parse_override(text: str, percentile: float = 99.99) -> Override:
     if not sep or not pattern.strip() or not method.strip():
         raise UsageError(f"--calib-override: expected NAME_OR_REGEX=METHOD, got {text!r}")
     return Override(pattern.strip(), parse_method(method, percentile))
+
+
+ROUNDINGS = ("nearest", "gptq")
+
+
+def parse_rounding(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ROUNDINGS:
+        raise UsageError(f"--quant-rounding: expected one of {', '.join(ROUNDINGS)}, got {value!r}")
+    return text
 
 
 def parse_bins(value: Any) -> int:

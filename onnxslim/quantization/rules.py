@@ -11,6 +11,9 @@ What the built-in rules encode:
   int8 data movement through MaxPool/Reshape/... (DQ and Q share scale and zero point so ORT
   drops them), QLinearAdd/Mul/Concat/AveragePool/GlobalAveragePool/Sigmoid for elementwise ops
   between quantized ops, and conv outputs always quantized (QLinearConv has no float output).
+  A Conv/ConvTranspose/Gemm left in float (excluded, fallback) reads its quantized input through a
+  per-axis DequantizeLinear (same values): onnxruntime would otherwise quantize its float weights
+  per tensor itself (its WeightBiasQuantization transform matches a per-tensor DQ input).
 * ``ort/arm`` (and ``ort/cuda``): the same with int8 activations.
 * ``tensorrt``: int8 symmetric everywhere (zero point 0), per-channel weights, float biases;
   Q/DQ on both inputs of Conv/ConvTranspose/Gemm/MatMul, never between a conv and its
@@ -63,6 +66,9 @@ class PlacementRules:
     min_conv_channels: int = 0  # convs with fewer output or input channels stay float
     min_matmul_size: int = 0  # MatMul/Gemm with weights smaller than this on either side stay float
     fold_activations: bool = True  # drop Relu/Clip that the following Q makes redundant
+    # onnxruntime (its WeightBiasQuantization graph transform) gives a float Conv/ConvTranspose/Gemm whose input
+    # comes from a per-tensor DequantizeLinear per-tensor int8 weights: float layers read a per-axis DQ copy.
+    float_layers_read_per_axis_dq: bool = True
     extra_ops: frozenset = field(default_factory=frozenset)  # e.g. Softmax, asked for by the user
 
     @property
@@ -91,6 +97,7 @@ _TENSORRT = PlacementRules(
     min_conv_channels=16,
     min_matmul_size=64,
     fold_activations=False,
+    float_layers_read_per_axis_dq=False,
 )
 
 RULES: dict[tuple[str, str], PlacementRules] = {

@@ -20,7 +20,7 @@ import onnx
 from onnxslim.errors import UsageError
 from onnxslim.pipeline import PassContext
 from onnxslim.quantization.methods import METHODS
-from onnxslim.quantization.options import QuantOptions, split_list
+from onnxslim.quantization.options import ROUNDINGS, QuantOptions, split_list
 from onnxslim.quantization.rules import rules_for
 from onnxslim.stages import Stage
 
@@ -30,7 +30,8 @@ PASS = "insert_qdq"
 QUANTIZED_PREFIXES = ("QuantizeLinear", "DequantizeLinear", "QLinear", "ConvInteger", "MatMulInteger",
                       "DynamicQuantize", "QGemm", "MatMulIntegerToFloat", "QAttention")
 _DEPENDENT = ("calib_method", "calib_percentile", "calib_bins", "calib_override", "calib_batch_size",
-              "quant_exclude", "quant_max_error", "quant_keep_activations", "quant_ops")
+              "quant_exclude", "quant_max_error", "quant_keep_activations", "quant_ops", "quant_rounding",
+              "quant_bias_correction", "quant_rounding_samples")
 
 
 class QuantizeStage(Stage):
@@ -60,6 +61,14 @@ class QuantizeStage(Stage):
                               "keeps this cosine (or SQNR in dB) on held-out samples."),
             click.Option(["--quant-keep-activations", "quant_keep_activations"], is_flag=True, default=None,
                          help="--quantize: keep ReLU/Clip nodes that a Q/DQ boundary makes redundant."),
+            click.Option(["--quant-rounding", "quant_rounding"], type=click.Choice(ROUNDINGS), default=None,
+                         help="--quantize: int8 weight codes: nearest (default) or gptq (rounding that minimises "
+                              "each layer's output error on calibration inputs; slower)."),
+            click.Option(["--quant-bias-correction/--no-quant-bias-correction", "quant_bias_correction"], default=None,
+                         help="--quantize: fold each layer's mean weight-rounding error into its bias "
+                              "(default: on with --calib-data, off on synthetic inputs)."),
+            click.Option(["--quant-rounding-samples", "quant_rounding_samples"], type=int, default=None, metavar="N",
+                         help="--quantize: calibration samples behind gptq and bias correction (default 64 with gptq, else 16)."),
             click.Option(["--quant-ops", "quant_ops"], default=None, metavar="OPS",
                          help="--quantize: also quantize these ops left in float by default (Softmax,LayerNormalization)."),
         ]
@@ -84,6 +93,12 @@ class QuantizeStage(Stage):
         if values.get("quant_max_error"):
             options["max_error"] = values["quant_max_error"]
         options["keep_activations"] = bool(values.get("quant_keep_activations"))
+        if values.get("quant_rounding"):
+            options["rounding"] = values["quant_rounding"]
+        if values.get("quant_bias_correction") is not None:
+            options["bias_correction"] = bool(values["quant_bias_correction"])
+        if values.get("quant_rounding_samples") is not None:
+            options["rounding_samples"] = values["quant_rounding_samples"]
         if values.get("quant_ops"):
             ops = split_list(values["quant_ops"])
             unknown = [op for op in ops if op not in ("Softmax", "LayerNormalization")]

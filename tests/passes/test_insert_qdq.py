@@ -325,3 +325,21 @@ def test_softmax_float_unless_asked():
     asked, _ = quantize(model, extra_ops=("Softmax",))
     sm = by_name(asked)["sm"]
     assert next(n for n in asked.graph.node if n.output[0] == sm.input[0]).op_type == "DequantizeLinear"
+
+
+def test_float_layers_stay_float_in_onnxruntime(tmp_path):
+    """onnxruntime quantizes a float Conv/Gemm behind a per-tensor DQ itself; excluded layers read a per-axis copy."""
+    model = resnet_block()
+    out, _ = quantize(model, exclude=("conv2",))  # conv2 reads conv1's output, which QLinearConv makes int8
+    conv2 = by_name(out)["conv2"]
+    dq = {n.output[0]: n for n in out.graph.node if n.op_type == "DequantizeLinear"}
+    assert [a.i for a in dq[conv2.input[0]].attribute if a.name == "axis"] == [1]
+    assert conv2.input[1] == "w2"
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    sess = ort.InferenceSession(out.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = op_counts(onnx.load(str(tmp_path / "optimized.onnx")))
+    assert ops.get("QLinearConv", 0) == 2  # conv0 and conv1; conv2 stays a float convolution
+    feeds = next(synthetic(model, 1, seed=7).batches(1))
+    np.testing.assert_allclose(sess.run(None, feeds)[0], run_ort(out, feeds)["y"], rtol=1e-3, atol=1e-4)

@@ -1,0 +1,221 @@
+"""Input moments of quantized weights: what data-aware rounding and bias correction need.
+
+A weight ``W`` (one row per output channel) multiplies input vectors ``x``: a Conv's im2col patch
+(``C/group * kh * kw`` values, in the weight's ``(c, i, j)`` order), or a row of a Gemm/MatMul
+input (``K`` values). Rounding ``W`` to ``Q`` changes the layer's output by ``(Q - W) x``, whose
+mean is ``(Q - W) mu`` and whose mean square is ``tr((Q - W) H (Q - W)^T)`` with
+
+    mu = E[x]          (per group: ``groups x width``)
+    H  = E[x x^T]      (per group: ``groups x width x width``; only for width <= ``max_width``)
+
+Both are accumulated here over the float model's activations (one onnxruntime session, every
+tensor at once, the first ``samples`` calibration samples). A sample contributes at most
+``rows_per_sample`` input vectors, taken at fixed, evenly spaced positions of that sample, so
+the result does not depend on how the samples are batched. Conv inputs with ``auto_pad`` other
+than NOTSET, ConvTranspose, and MatMuls whose constant is the first input get no layout (their
+weights are rounded to nearest).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxslim.calibration import CalibrationSet
+from onnxslim.calibration.data import Feeds
+from onnxslim.graph import constant_value
+from onnxslim.quantization.calibrate import make_collector
+from onnxslim.quantization.plan import QuantPlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """How the input vectors of one weight are cut from an activation tensor."""
+
+    tensor: str
+    groups: int
+    width: int  # values per input vector, per group
+    kernel: tuple[int, ...] = ()  # Conv only (2-D)
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    transposed: bool = False  # Gemm transA: the input is K x M
+
+    def vectors(self, x: np.ndarray, per_sample: int) -> np.ndarray:
+        """Input vectors of a batch, ``rows x groups x width`` (at most ``per_sample`` rows a sample)."""
+        if self.kernel:
+            return self._patches(x, per_sample)
+        if self.transposed:
+            x = x.T
+        rows = x.reshape(x.shape[0], -1, self.width) if x.ndim >= 3 else x.reshape(-1, 1, self.width)
+        rows = rows[:, _positions(rows.shape[1], per_sample)] if x.ndim >= 3 else rows
+        return rows.reshape(-1, 1, self.width)
+
+    def patch_sums(self, x: np.ndarray) -> tuple[int, np.ndarray]:
+        """(number of patches, sum of every patch, ``groups x width``) over all output positions."""
+        n, c = x.shape[:2]
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        p = self.pads
+        x = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+        ho = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+        wo = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        sums = np.empty((c, kh, kw), np.float64)
+        for i in range(kh):
+            for j in range(kw):
+                window = x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+                sums[:, i, j] = window.sum(axis=(0, 2, 3), dtype=np.float64)
+        return n * ho * wo, sums.reshape(self.groups, self.width)
+
+    def _patches(self, x: np.ndarray, per_sample: int) -> np.ndarray:
+        n, c = x.shape[:2]
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        p = self.pads
+        x = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+        span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+        view = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+        ho, wo = view.shape[2:4]
+        chosen = _positions(ho * wo, per_sample)
+        if isinstance(chosen, slice):
+            chosen = np.arange(ho * wo)
+        picked = view[:, :, chosen // wo, chosen % wo]  # n, c, rows, kh, kw: only the chosen patches are copied
+        return picked.transpose(0, 2, 1, 3, 4).reshape(-1, self.groups, self.width)
+
+
+def _positions(total: int, cap: int) -> np.ndarray | slice:
+    if cap <= 0 or total <= cap:
+        return slice(None)
+    return np.unique(np.linspace(0, total - 1, cap).round().astype(np.int64))
+
+
+def input_layout(node: gs.Node, slot: int) -> InputLayout | None:
+    """The layout of the activation that weight ``node.inputs[slot]`` multiplies; None if unsupported."""
+    w = constant_value(node.inputs[slot])
+    if w is None or w.ndim < 2:
+        return None
+    if node.op == "Conv" and slot == 1 and w.ndim == 4:
+        a = node.attrs
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return None
+        groups = int(a.get("group", 1))
+        kernel = tuple(int(k) for k in w.shape[2:])
+        return InputLayout(node.inputs[0].name, groups, int(np.prod(w.shape[1:])), kernel,
+                           tuple(a.get("strides", (1, 1))), tuple(a.get("pads", (0, 0, 0, 0))),
+                           tuple(a.get("dilations", (1, 1))))
+    if node.op == "Gemm" and slot == 1 and w.ndim == 2:
+        k = w.shape[1] if node.attrs.get("transB", 0) else w.shape[0]
+        return InputLayout(node.inputs[0].name, 1, int(k), transposed=bool(node.attrs.get("transA", 0)))
+    if node.op == "MatMul" and slot == 1 and w.ndim == 2:
+        return InputLayout(node.inputs[0].name, 1, int(w.shape[0]))
+    return None
+
+
+class InputMoments:
+    """Running count, sum and (when the width allows) sum of outer products of input vectors."""
+
+    def __init__(self, layout: InputLayout, outer: bool):
+        g, d = layout.groups, layout.width
+        self.layout = layout
+        self.count = 0
+        self.total = np.zeros((g, d), np.float64)
+        self.outer = np.zeros((g, d, d), np.float64) if outer else None
+
+    def update(self, x: np.ndarray, per_sample: int) -> None:
+        x = np.asarray(x, dtype=np.float32)
+        if self.outer is None and self.layout.kernel:  # the mean alone: every position, no patches built
+            count, total = self.layout.patch_sums(x)
+            self.count += count
+            self.total += total
+            return
+        v = self.layout.vectors(x, per_sample)  # rows, g, d
+        if not len(v):
+            return
+        self.count += len(v)
+        self.total += v.sum(axis=0, dtype=np.float64)
+        if self.outer is not None:
+            if v.shape[1] == 1:  # one group: a plain BLAS product
+                rows = v[:, 0, :]
+                self.outer[0] += rows.T @ rows
+            else:
+                t = np.ascontiguousarray(v.transpose(1, 2, 0))  # g, d, rows
+                self.outer += np.matmul(t, np.ascontiguousarray(t.transpose(0, 2, 1)))
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / max(self.count, 1)
+
+    @property
+    def second(self) -> np.ndarray | None:
+        return None if self.outer is None else self.outer / max(self.count, 1)
+
+
+def plan_layouts(graph: gs.Graph, plan: QuantPlan) -> dict[tuple[str, int], InputLayout]:
+    """The input layout of every planned weight that has one."""
+    nodes = {n.name: n for n in graph.nodes}
+    out = {}
+    for spec in plan.weights:
+        layout = input_layout(nodes[spec.node], spec.slot)
+        if layout is not None:
+            out[(spec.node, spec.slot)] = layout
+    return out
+
+
+def _first(batches: Iterable[Feeds], samples: int) -> Iterator[Feeds]:
+    left = samples
+    for feeds in batches:
+        if left <= 0:
+            return
+        rows = int(next(iter(feeds.values())).shape[0]) if feeds else 0
+        yield {k: v[:left] for k, v in feeds.items()} if rows > left else feeds
+        left -= rows
+
+
+class MomentObserver:
+    """Accumulators for a set of layouts, fed tensor by tensor (``observe(name, array)``).
+
+    Layouts that cut the same tensor the same way share one accumulator. Any activation collector
+    can feed it; :func:`collect_moments` runs its own pass.
+    """
+
+    def __init__(self, layouts: dict[tuple[str, int], InputLayout], max_width: int, rows_per_sample: int = 256):
+        self.layouts = layouts
+        self.rows_per_sample = rows_per_sample
+        self.shared: dict[InputLayout, InputMoments] = {}
+        for layout in layouts.values():
+            if layout not in self.shared:
+                self.shared[layout] = InputMoments(layout, outer=layout.width <= max_width)
+        self.by_tensor: dict[str, list[InputMoments]] = {}
+        for acc in self.shared.values():
+            self.by_tensor.setdefault(acc.layout.tensor, []).append(acc)
+
+    @property
+    def tensors(self) -> list[str]:
+        return list(self.by_tensor)
+
+    def observe(self, name: str, value: np.ndarray) -> None:
+        for acc in self.by_tensor.get(name, ()):
+            acc.update(value, self.rows_per_sample)
+
+    def moments(self) -> dict[tuple[str, int], InputMoments]:
+        return {key: self.shared[layout] for key, layout in self.layouts.items()}
+
+
+def collect_moments(model: onnx.ModelProto, layouts: dict[tuple[str, int], InputLayout], data: CalibrationSet, *,
+                    samples: int = 32, rows_per_sample: int = 256, max_width: int = 1024, batch_size: int = 4,
+                    threads: int | None = None) -> tuple[dict[tuple[str, int], InputMoments], int]:
+    """Moments of every layout's input over the first ``samples`` samples (one session), and the samples seen."""
+    if not layouts:
+        return {}, 0
+    observer = MomentObserver(layouts, max_width, rows_per_sample)
+    # No spin-waiting: the moment updates (BLAS) run between inferences on the same cores.
+    collector = make_collector(model, observer.tensors, threads, spinning=False)
+    size = collector.fixed_batch or batch_size
+    seen = collector.collect(_first(data.batches(size), samples), observer.observe, batch_size=size)
+    logger.info("weight rounding: input moments of %d tensors over %d samples", len(observer.tensors), seen)
+    return observer.moments(), seen
