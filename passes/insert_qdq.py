@@ -9,8 +9,12 @@ up to these rounding errors, which the pipeline measures on held-out samples (``
 Where pairs go and with which integer types is decided by the (target, device) placement rules
 (:mod:`onnxslim.quantization.rules`); ranges come from one streaming pass over the calibration
 samples (:mod:`onnxslim.quantization.calibrate`) and a method per tensor (minmax, percentile,
-entropy, mse). With ``max_error``, the most sensitive layers fall back to float until the budget
-holds on held-out samples (:mod:`onnxslim.quantization.sensitivity`).
+entropy, mse). With real calibration data, each layer's mean weight-rounding error
+``(W_q - W) E[x]`` is subtracted from its bias (bias correction); ``rounding="gptq"`` chooses the
+int8 codes that minimise each layer's output error on calibration inputs instead of rounding to
+nearest (:mod:`onnxslim.quantization.rounding`; both read input moments from a second, shorter
+pass, :mod:`onnxslim.quantization.moments`). With ``max_error``, the most sensitive layers fall
+back to float until the budget holds on held-out samples (:mod:`onnxslim.quantization.sensitivity`).
 
 Preconditions: a float32 model at opset >= 10 (per-channel weights need opset >= 13) that is not
 already quantized (Q/DQ or integer ops present -> UsageError). Nodes in non-default domains and
@@ -126,7 +130,8 @@ class InsertQdq(Pass):
         counters = emitter.emit()
         for note in emitter.notes:
             ctx.decline(self.name, where=note["where"], reason=note["reason"])
-        details = ranges.rows(plan, params) + [{"detail": "float_layer", **s} for s in plan.skipped] + details
+        details = (ranges.rows(plan, params) + emitter.rounding_rows + [{"detail": "float_layer", **s} for s in plan.skipped]
+                   + details)
         details += [{"detail": "fallback", "layer": name, "reason": f"most sensitive layers kept in float for {opts.max_error}"}
                     for name in fallback]
         counters.update({"opset_raised_to_13": int(raised), "fallback_layers": len(fallback), "tensors_calibrated": len(observed),

@@ -2,12 +2,15 @@
 
     python tools/quant_fidelity.py --models mobilenetv2 --holdout 256
     python tools/quant_fidelity.py --models mobilenetv2 --methods mse --opt bias_correction=false --no-ort
+    python tools/quant_fidelity.py --models resnet50 --variant before:bias_correction=false --variant default: \
+        --variant gptq:rounding=gptq --json bench-out/fidelity-resnet50.json
 
 Data recipes are tools/bench_quant.py's (calibration seed 1, held-out seed 2). Per model and method:
 mean/min cosine vs FP32 on the held-out set, top-1 agreement (classifiers), and the task metric
 (MiniLM nearest-neighbour agreement, PP-OCR character accuracy). ORT results are cached under
 ``--cache`` (its quantizer is slow and does not change). ``--opt KEY=VALUE`` passes an
-``insert_qdq`` option (repeatable); ``--exclude`` keeps node names / op types in float.
+``insert_qdq`` option (repeatable); ``--variant LABEL:KEY=VALUE,...`` adds a row set with its own
+options (repeatable; the FP32 outputs are computed once); ``--exclude`` keeps nodes in float.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...")
     p.add_argument("--exclude", action="append", default=[])
     p.add_argument("--no-ort", action="store_true")
     p.add_argument("--ort-methods", default="minmax,percentile,entropy")
@@ -116,6 +120,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     extra = {k: parse_value(v) for k, v in (o.split("=", 1) for o in args.opt)}
+    variants = {"": extra} if not args.variant else {}
+    for text in args.variant:
+        label, _, opts = text.partition(":")
+        variants[label] = {**extra, **{k: parse_value(v) for k, v in (o.split("=", 1) for o in opts.split(",") if o)}}
     args.cache.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models.split(","):
@@ -129,16 +137,17 @@ def main(argv=None) -> int:
             bq.save_folder(calib, folder)
         batch = 1 if name == "ppocr_rec" else args.batch
         want = outputs(session(path, args.threads), held, batch)
-        for method in args.methods.split(","):
-            t = time.perf_counter()
-            q = ours(path, folder, method, extra, args.exclude)
-            secs = time.perf_counter() - t
-            if args.save:
-                args.save.mkdir(parents=True, exist_ok=True)
-                onnx.save(q, str(args.save / f"{name}-{method}.onnx"))
-            rows.append({"model": name, "tool": "onnxslim", "method": method, "seconds": secs,
-                         **score(want, outputs(session(q, args.threads), held, batch), task, name)})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for label, options in variants.items():
+            for method in args.methods.split(","):
+                t = time.perf_counter()
+                q = ours(path, folder, method, options, args.exclude)
+                secs = time.perf_counter() - t
+                if args.save:
+                    args.save.mkdir(parents=True, exist_ok=True)
+                    onnx.save(q, str(args.save / f"{name}-{method}{'-' + label if label else ''}.onnx"))
+                rows.append({"model": name, "tool": "onnxslim" + (f" {label}" if label else ""), "method": method,
+                             "seconds": secs, **score(want, outputs(session(q, args.threads), held, batch), task, name)})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if args.no_ort:
             continue
         for method in args.ort_methods.split(","):
@@ -150,7 +159,8 @@ def main(argv=None) -> int:
             rows.append({"model": name, "tool": "ort", "method": method,
                          **score(want, outputs(session(q, args.threads), held, batch), task, name)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"| model | tool | method | cosine (mean) | cosine (min) | top-1 | task |  (held-out {args.holdout}, {' '.join(args.opt + ['exclude=' + e for e in args.exclude])})")
+    print(f"| model | tool | method | cosine (mean) | cosine (min) | top-1 | task |  (held-out {args.holdout}; "
+          f"{' '.join(args.opt + args.variant + ['exclude=' + e for e in args.exclude])})")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

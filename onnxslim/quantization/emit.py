@@ -113,6 +113,7 @@ class Emitter:
         self.bias_shifts: dict[str, np.ndarray] = {}  # node -> shift to subtract from its output's float bias
         self.weight_scales: dict[tuple[str, int], np.ndarray] = {}
         self.notes: list[dict[str, str]] = []
+        self.rounding_rows: list[dict] = []  # report rows: per layer, GPTQ or nearest codes and the bias shift
         self._group_constants: dict[int, tuple[gs.Constant, gs.Constant]] = {}
 
     def emit(self) -> dict[str, int]:
@@ -228,6 +229,8 @@ class Emitter:
             self.counters["weights_rounded_gptq"] += int(rounded.gptq)
             if rounded.bias_shift is not None:
                 self.bias_shifts[spec.node] = rounded.bias_shift
+            self.rounding_rows.append({"detail": "rounding", "layer": spec.node, "rounding": "gptq" if rounded.gptq else "nearest",
+                                       "bias_shift_max": None if rounded.bias_shift is None else float(np.abs(rounded.bias_shift).max())})
         self.weight_scales[(spec.node, spec.slot)] = scale
         zero = np.zeros(scale.shape, dtype=np.int8)
         name = node.inputs[spec.slot].name

@@ -211,6 +211,8 @@ def test_gptq_raises_sqnr_of_a_linear_layer():
     rounded, record = quantize(model, calib, rounding="gptq", rounding_samples=64)
     assert record.counters["weights_rounded_gptq"] == 1
     assert record.counters["biases_corrected"] == 1  # the Add after the MatMul holds the bias
+    (row,) = [d for d in record.details if d["detail"] == "rounding"]
+    assert row["layer"] == "mm" and row["rounding"] == "gptq" and row["bias_shift_max"] > 0
     assert sqnr_db(model, rounded, held) > sqnr_db(model, nearest, held) + 3.0
 
 
@@ -233,3 +235,31 @@ def test_rounding_options():
         QuantOptions.from_dict({"rounding": "stochastic"})
     with pytest.raises(UsageError, match="--quant-rounding-samples"):
         QuantOptions.from_dict({"rounding_samples": 0})
+
+
+def test_cli_rounding_flags(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxslim.cli import main
+
+    model_path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(offset_conv_model(), model_path)
+    np.savez(calib, **offset_inputs(12, seed=1))
+
+    def counters(*flags):
+        report = tmp_path / "r.json"
+        result = CliRunner().invoke(main, ["optimize", str(model_path), "--quantize", "int8", "--calib-data", str(calib),
+                                           *flags, "-o", str(tmp_path / "q.onnx"), "--report", str(report)])
+        assert result.exit_code == 0, result.output
+        import json
+
+        return next(p for p in json.loads(report.read_text())["passes"] if p["name"] == "insert_qdq")["counters"]
+
+    assert counters()["biases_corrected"] == 1
+    assert "biases_corrected" not in counters("--no-quant-bias-correction")
+    gptq = counters("--quant-rounding", "gptq", "--quant-rounding-samples", "8")
+    assert gptq["weights_rounded_gptq"] == 1 and gptq["rounding_samples"] == 8
+    bad = CliRunner().invoke(main, ["optimize", str(model_path), "--quant-rounding", "gptq"])
+    assert bad.exit_code == 2 and "only applies with --quantize" in bad.output
+    bad = CliRunner().invoke(main, ["optimize", str(model_path), "--quantize", "int8", "--quant-rounding-samples", "0"])
+    assert bad.exit_code == 2 and "--quant-rounding-samples" in bad.output
