@@ -59,18 +59,28 @@ class InputLayout:
         return rows.reshape(-1, 1, self.width)
 
     def patch_sums(self, x: np.ndarray) -> tuple[int, np.ndarray]:
-        """(number of patches, sum of every patch, ``groups x width``) over all output positions."""
-        n, c = x.shape[:2]
+        """(number of patches, sum of every patch, ``groups x width``) over all output positions.
+
+        Kernel offset ``(i, j)`` reads input rows ``i*dh + sh*t - pad_top`` and columns
+        ``j*dw + sw*u - pad_left`` (padding adds zeros): summed over the batch first, then by
+        columns, then by rows, without building patches.
+        """
+        n, c, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        p = self.pads
-        x = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
-        ho = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
-        wo = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        top, left, bottom, right = self.pads
+        ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+        plane = x.sum(axis=0, dtype=np.float64)  # c, h, w
+
+        def taps(offset: int, step: int, count: int, pad: int, size: int) -> np.ndarray:
+            idx = offset + step * np.arange(count) - pad
+            return idx[(idx >= 0) & (idx < size)]
+
         sums = np.empty((c, kh, kw), np.float64)
-        for i in range(kh):
-            for j in range(kw):
-                window = x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
-                sums[:, i, j] = window.sum(axis=(0, 2, 3), dtype=np.float64)
+        for j in range(kw):
+            by_row = plane[:, :, taps(j * dw, sw, wo, left, w)].sum(axis=2)  # c, h
+            for i in range(kh):
+                sums[:, i, j] = by_row[:, taps(i * dh, sh, ho, top, h)].sum(axis=1)
         return n * ho * wo, sums.reshape(self.groups, self.width)
 
     def _patches(self, x: np.ndarray, per_sample: int) -> np.ndarray:
