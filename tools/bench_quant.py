@@ -268,7 +268,10 @@ def peak_rss_mb() -> float:
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         errors = [l for l in lines if re.search(r"Error|Exception|Killed|MemoryError", l)]
