@@ -10,8 +10,9 @@ mean is ``(Q - W) mu`` and whose mean square is ``tr((Q - W) H (Q - W)^T)`` with
 
 Both are accumulated here over the float model's activations (one onnxruntime session, every
 tensor at once, the first ``samples`` calibration samples). A sample contributes at most
-``rows_per_sample`` input vectors, taken at fixed, evenly spaced positions of that sample, so
-the result does not depend on how the samples are batched. Conv inputs with ``auto_pad`` other
+``rows_per_sample`` input vectors (fewer for narrow layers: ``16 * width / samples``, at least
+128, is plenty for ``H``), taken at fixed, evenly spaced positions of that sample, so the result
+does not depend on how the samples are batched. Conv inputs with ``auto_pad`` other
 than NOTSET, ConvTranspose, and MatMuls whose constant is the first input get no layout (their
 weights are rounded to nearest).
 """
@@ -193,9 +194,11 @@ class MomentObserver:
     can feed it; :func:`collect_moments` runs its own pass.
     """
 
-    def __init__(self, layouts: dict[tuple[str, int], InputLayout], max_width: int, rows_per_sample: int = 256):
+    def __init__(self, layouts: dict[tuple[str, int], InputLayout], max_width: int, rows_per_sample: int = 256,
+                 samples: int = 0):
         self.layouts = layouts
         self.rows_per_sample = rows_per_sample
+        self.samples = samples
         self.shared: dict[InputLayout, InputMoments] = {}
         for layout in layouts.values():
             if layout not in self.shared:
@@ -210,7 +213,12 @@ class MomentObserver:
 
     def observe(self, name: str, value: np.ndarray) -> None:
         for acc in self.by_tensor.get(name, ()):
-            acc.update(value, self.rows_per_sample)
+            acc.update(value, self._rows(acc.layout.width))
+
+    def _rows(self, width: int) -> int:
+        if self.samples <= 0:
+            return self.rows_per_sample
+        return min(self.rows_per_sample, max(128, -(-16 * width // self.samples)))
 
     def moments(self) -> dict[tuple[str, int], InputMoments]:
         return {key: self.shared[layout] for key, layout in self.layouts.items()}
@@ -222,7 +230,7 @@ def collect_moments(model: onnx.ModelProto, layouts: dict[tuple[str, int], Input
     """Moments of every layout's input over the first ``samples`` samples (one session), and the samples seen."""
     if not layouts:
         return {}, 0
-    observer = MomentObserver(layouts, max_width, rows_per_sample)
+    observer = MomentObserver(layouts, max_width, rows_per_sample, samples)
     # No spin-waiting: the moment updates (BLAS) run between inferences on the same cores.
     collector = make_collector(model, observer.tensors, threads, spinning=False)
     size = collector.fixed_batch or batch_size
