@@ -8,7 +8,10 @@ Activation grids (``s`` = scale, ``z`` = zero point, ``[qmin, qmax]`` the intege
 Weights: symmetric int8, per channel ``c`` on the planned axis: ``s_c = max|W_c| / 127``,
 ``W_q = clamp(round(W / s_c), -127, 127)``. Biases (when the rules want int32):
 ``b_q = round(b / (s_x * s_w))`` with scale ``s_x * s_w`` and zero point 0, left in float when it
-would overflow int32. A ReLU (or Clip) whose output is read only through its Q is dropped when the
+would overflow int32. With a rounder (:mod:`onnxslim.quantization.rounding`), weight codes may come
+from GPTQ instead of nearest rounding, and each layer's bias (int32 or float; for MatMul, the
+following Add's constant) is corrected by the mean output error of its rounded weights.
+A ReLU (or Clip) whose output is read only through its Q is dropped when the
 Q alone already clamps the same way: ``Q(relu(x)) == Q(x)`` when ``z == qmin``; for
 ``Clip(a, b)``: ``a <= (qmin - z) * s`` and ``b >= (qmax - z - 1/2) * s``.
 """
