@@ -13,7 +13,8 @@ import contextlib
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -39,10 +40,33 @@ def _rows(feeds: Feeds) -> int:
     return int(next(iter(feeds.values())).shape[0]) if feeds else 0
 
 
+@dataclass
+class Rider:
+    """Another consumer of the calibration runs: ``observe(name, array)`` for each of ``tensors`` over
+    the first ``samples`` samples (the last batch cut to fit), in sample order. Riders save a second
+    session and second inference over the same samples (e.g. weight-rounding input moments)."""
+
+    tensors: Sequence[str]
+    observe: Callable[[str, np.ndarray], None]
+    samples: int
+    seen: int = 0  # samples handed over so far
+    seconds: float = 0.0  # time spent in ``observe``
+
+    def feed(self, values: dict[str, np.ndarray], rows: int) -> None:
+        take = min(rows, self.samples - self.seen)
+        if take <= 0 or not self.tensors:
+            return
+        start = time.perf_counter()
+        for name in self.tensors:
+            self.observe(name, values[name] if take == rows else values[name][:take])
+        self.seen += take
+        self.seconds += time.perf_counter() - start
+
+
 def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationSet, *, bins: int = 2048,
                   histogram: bool | set[str] = True, batch_size: int = 8, progress: bool = False,
-                  threads: int | None = None, sample_cap: int = 0,
-                  overlap: bool = True) -> tuple[dict[str, TensorStats], int]:
+                  threads: int | None = None, sample_cap: int = 0, overlap: bool = True,
+                  riders: Sequence[Rider] = ()) -> tuple[dict[str, TensorStats], int]:
     """Statistics of ``tensors`` over every sample of ``data`` (one inference per batch), and the sample count.
 
     ``histogram``: True for all tensors, False for min/max only, or the set of tensors that need one.
@@ -50,19 +74,23 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
     ``overlap``: update the statistics of one batch in a worker thread while onnxruntime runs the
     next (NumPy and onnxruntime both release the GIL); two batches of activations are then alive
     at a time instead of one. The updates still happen in sample order, so results are the same.
+    ``riders``: other observers fed from the same runs (see :class:`Rider`).
     """
-    if not tensors:
+    if not tensors and not any(r.tensors and r.samples > 0 for r in riders):
         return {}, 0
     wants = (lambda name: histogram) if isinstance(histogram, bool) else (lambda name: name in histogram)
     stats = {name: TensorStats(bins, wants(name), sample_cap) for name in tensors}
+    names = list(dict.fromkeys([*tensors, *(t for r in riders for t in r.tensors)]))
     # Spin-waiting intra-op threads would take the core the statistics thread needs.
-    collector = make_collector(model, tensors, threads, spinning=not overlap)
+    collector = make_collector(model, names, threads, spinning=not overlap)
     size = collector.fixed_batch or batch_size
     bar = ProgressBar("calibrating", total=None, unit="samples", enabled=None if progress else False)
 
     def observe_all(values: dict[str, np.ndarray], rows: int) -> None:
-        for name, value in values.items():
-            stats[name].update(value, rows)
+        for name, s in stats.items():
+            s.update(values[name], rows)
+        for rider in riders:
+            rider.feed(values, rows)
         bar.update(rows)
 
     start = time.perf_counter()
@@ -84,7 +112,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         if pending is not None:
             pending.result()
     bar.close()
-    logger.info("calibration: %d samples, %d tensors, %.2fs", seen, len(tensors), time.perf_counter() - start)
+    logger.info("calibration: %d samples, %d tensors, %.2fs", seen, len(names), time.perf_counter() - start)
     return stats, seen
 
 

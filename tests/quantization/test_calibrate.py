@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnxslim.calibration import load_calibration, synthetic
 from onnxslim.cli import main
 from onnxslim.pipeline import PassContext
-from onnxslim.quantization.calibrate import collect_stats
+from onnxslim.quantization.calibrate import Rider, collect_stats
 from tests.helpers import apply_passes, op_counts
 from tests.passes.test_insert_qdq import resnet_block
 
@@ -147,3 +147,17 @@ def test_overlapped_statistics_equal_sequential(sample):
         a, b = seq[name], ovl[name]
         assert (a.minimum, a.maximum, a.count, a.exponent) == (b.minimum, b.maximum, b.count, b.exponent)
         assert np.array_equal(a.counts, b.counts)
+
+
+def test_a_rider_sees_the_first_samples_of_the_same_runs():
+    from tests.quantization.test_collect import reference, small_net
+
+    model = small_net()
+    data = synthetic(model, 10, seed=2)
+    got = []
+    rider = Rider(["r"], lambda name, value: got.append(value.copy()), samples=6)
+    stats, seen = collect_stats(model, ["y"], data, batch_size=4, riders=[rider])
+    assert seen == 10 and rider.seen == 6 and [len(v) for v in got] == [4, 2]  # the second batch cut to fit
+    assert set(stats) == {"y"} and stats["y"].count == 10 * 8  # rider tensors get no statistics
+    first = {"x": np.concatenate([s["x"] for _, s in zip(range(6), data.samples())])}
+    np.testing.assert_allclose(np.concatenate(got), reference(model, ["r"], first)[0], rtol=1e-5, atol=1e-5)
