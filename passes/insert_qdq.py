@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -35,11 +36,11 @@ from onnxslim.calibration import CalibrationSet, synthetic
 from onnxslim.errors import UsageError
 from onnxslim.graph import NameScope, export_model, import_model, opset
 from onnxslim.pipeline import Pass, PassContext, PassResult
-from onnxslim.quantization.calibrate import collect_stats, merged
+from onnxslim.quantization.calibrate import Rider, collect_stats, merged
 from onnxslim.quantization.emit import Emitter, QParams, activation_params
 from onnxslim.quantization.histogram import TensorStats
 from onnxslim.quantization.methods import effective_method, select_range
-from onnxslim.quantization.moments import collect_moments, plan_layouts
+from onnxslim.quantization.moments import MomentObserver, plan_layouts
 from onnxslim.quantization.options import QuantOptions
 from onnxslim.quantization.plan import QuantPlan, exclusion_matcher, make_plan
 from onnxslim.quantization.rounding import WeightRounder
@@ -90,13 +91,13 @@ class InsertQdq(Pass):
         start = time.perf_counter()
         observed = _observation_set(graph, rules, excluded, plan, opts)
         calibration = _calibration_set(ctx, reference, opts)
+        rider, make_rounder = _weight_rounding(graph, plan, calibration, opts) or (None, None)
         stats, samples = collect_stats(reference, observed, calibration, bins=opts.bins,
                                        histogram=_needs_histogram(graph, observed, opts),
                                        batch_size=opts.batch_size, progress=opts.progress,
-                                       sample_cap=opts.histogram_sample)
-        moments_start = time.perf_counter()
-        rounder, rounding_samples = _weight_rounder(graph, plan, reference, calibration, opts)
-        moments_seconds = time.perf_counter() - moments_start
+                                       sample_cap=opts.histogram_sample, riders=[rider] if rider else [])
+        rounder = make_rounder() if make_rounder else None
+        rounding_samples, moments_seconds = (rider.seen, rider.seconds) if rider else (0, 0.0)
         calib_seconds = time.perf_counter() - start
         ranges = _RangeBook(graph, stats, plan, rules, opts)
         probe = FidelityProbe(reference, _holdout(ctx, reference)) if opts.max_error is not None else None
@@ -183,17 +184,18 @@ def _observation_set(graph: gs.Graph, rules: PlacementRules, excluded, plan: Qua
     return list(names)
 
 
-def _weight_rounder(graph: gs.Graph, plan: QuantPlan, reference: onnx.ModelProto, calibration: CalibrationSet,
-                    opts: QuantOptions) -> tuple[WeightRounder | None, int]:
-    """GPTQ rounding and/or bias correction from the input moments of the planned weights (a second, shorter pass)."""
+def _weight_rounding(graph: gs.Graph, plan: QuantPlan, calibration: CalibrationSet,
+                     opts: QuantOptions) -> tuple[Rider, Callable[[], WeightRounder]] | None:
+    """GPTQ rounding and/or bias correction: the input moments of the planned weights, gathered on the
+    calibration runs over the first samples (a rider: no second session or inference pass)."""
     gptq = opts.rounding == "gptq"
     correct = opts.corrects_bias(bool(getattr(calibration, "synthetic", False)))
     if not (gptq or correct):
-        return None, 0
-    layouts = plan_layouts(graph, plan)
-    moments, seen = collect_moments(reference, layouts, calibration, samples=opts.moment_samples,
-                                    max_width=opts.rounding_max_width if gptq else 0, batch_size=opts.batch_size)
-    return WeightRounder(moments, gptq, correct), seen
+        return None
+    observer = MomentObserver(plan_layouts(graph, plan), opts.rounding_max_width if gptq else 0,
+                              samples=opts.moment_samples)
+    rider = Rider(observer.tensors, observer.observe, opts.moment_samples)
+    return rider, lambda: WeightRounder(observer.moments(), gptq, correct)
 
 
 def _needs_histogram(graph: gs.Graph, observed: list[str], opts: QuantOptions) -> set[str]:
