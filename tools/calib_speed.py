@@ -10,10 +10,15 @@ calibration time is the pass's own ``calib_seconds`` counter from ``onnxslim.api
 (``--quantize int8 --target ort --device x86``), as in the bench's workers. The baseline is re-run
 right before every calibration so that load drift hits both alike; a pair during which other
 processes used more than ``--max-foreign-load`` cores (from /proc/stat) is dropped and retried;
-the ratio printed is the median over ``--repeat`` kept pairs. To compare with another tree, run
-this file with ``PYTHONPATH=<that tree>`` (the package is then imported from there). ``--breakdown`` splits calibration into session creation, onnxruntime runs,
-statistics (TensorStats.update), data loading and the rest, by timing wrappers set from here
-(statistics overlap the onnxruntime runs in a worker thread, so the parts can add up to more).
+the ratio printed is the (low) median over ``--repeat`` kept pairs. Plain inference on this
+2-core machine varies by up to 1.5x from run to run even when it is otherwise idle, so judge
+ratios over several repeats. To compare with another tree, run this file with
+``PYTHONPATH=<that tree>`` (the package is then imported from there; ``onnxslim/passes`` must
+resolve inside it). ``--stage KEY=VALUE`` adds a quantize stage value (e.g.
+``quant_bias_correction=false``). ``--breakdown`` splits calibration into session creation,
+onnxruntime runs, statistics (TensorStats.update), data loading and the rest, by timing wrappers
+set from here (statistics overlap the onnxruntime runs in a worker thread, so the parts can add
+up to more).
 """
 
 from __future__ import annotations
@@ -110,10 +115,10 @@ class Breakdown:
             yield self
 
 
-def calibrate_once(model_path: str, folder: Path, method: str, out: Path) -> tuple[float, dict]:
+def calibrate_once(model_path: str, folder: Path, method: str, out: Path, extra: dict) -> tuple[float, dict]:
     from onnxslim.api import optimize_file
 
-    report = optimize_file(model_path, out, stage_values={"quantize": "int8", "calib_method": method},
+    report = optimize_file(model_path, out, stage_values={"quantize": "int8", "calib_method": method, **extra},
                            calib_data=str(folder), holdout=0, verify=False, target="ort", device="x86")
     counters = next(p.counters for p in report.passes if p.name == "insert_qdq")
     return float(counters["calib_seconds"]), counters
@@ -137,7 +142,7 @@ def run_model(name: str, args, work: Path) -> list[dict]:
             gc.collect()
             br = Breakdown()
             with ForeignLoad() as calib_load, (br.active() if args.breakdown else contextlib.nullcontext()):
-                calib_s, counters = calibrate_once(path, folder, method, work / f"{name}-{method}.onnx")
+                calib_s, counters = calibrate_once(path, folder, method, work / f"{name}-{method}.onnx", args.stage)
             if max(plain_load.cores, calib_load.cores) > args.max_foreign_load and args.retries:
                 dropped += 1
                 continue
@@ -151,13 +156,19 @@ def run_model(name: str, args, work: Path) -> list[dict]:
         ratios = [c / p for p, c in pairs]
         i = ratios.index(statistics.median_low(ratios))
         row = {"model": name, "method": method, "plain_s": pairs[i][0], "calib_s": pairs[i][1], "ratio": ratios[i],
-               "ratios": ratios, "dropped": dropped, "foreign_load": round(statistics.median(loads), 2), "tensors": counters.get("tensors_calibrated"), "samples": counters.get("calib_samples")}
+               "ratios": ratios, "dropped": dropped, "foreign_load": round(statistics.median(loads), 2), "tensors": counters.get("tensors_calibrated"),
+               "moments_s": counters.get("moments_seconds"), "samples": counters.get("calib_samples")}
         if args.breakdown:
             b = parts[i]
             row["breakdown"] = {k: round(v, 3) for k, v in b.items()}
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
+
+
+def _stage_value(item: str) -> tuple[str, object]:
+    key, _, value = item.partition("=")
+    return key, {"true": True, "false": False}.get(value.lower(), value)
 
 
 def table(rows: list[dict], breakdown: bool) -> str:
@@ -187,11 +198,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--retries", type=int, default=2, help="extra tries per kept pair when other processes loaded the CPU")
     p.add_argument("--max-foreign-load", type=float, default=0.15, help="CPU cores other processes may use during a kept pair")
+    p.add_argument("--stage", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra quantize stage value, e.g. quant_bias_correction=false (click parameter names)")
     p.add_argument("--breakdown", action="store_true", help="time session creation, ORT runs, statistics, data loading")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     args.methods = [m for m in args.methods.split(",") if m]
+    args.stage = dict(_stage_value(item) for item in args.stage)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m for m in args.models.split(",") if m]:
