@@ -26,7 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from onnxslim.calibration.data import CalibrationSet, Feeds
+from onnxslim.calibration.data import CalibrationSet, Feeds, batch_rows
 from onnxslim.io import TWO_GB, save
 
 Observer = Callable[[str, np.ndarray], None]
@@ -155,5 +155,5 @@ class ActivationCollector:
         for feeds in batches:
             for name, value in self.run(feeds).items():
                 observe(name, value)
-            seen += int(next(iter(feeds.values())).shape[0]) if feeds else 0
+            seen += batch_rows(feeds)
         return seen

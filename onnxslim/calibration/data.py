@@ -54,7 +54,7 @@ class CalibrationSet:
         left = self.limit
         for load in self.sources:
             chunk = load()
-            n = _count(chunk)
+            n = batch_rows(chunk)
             if left is not None:
                 if left <= 0:
                     return
@@ -67,7 +67,7 @@ class CalibrationSet:
     def samples(self) -> Iterator[Feeds]:
         """One sample at a time (each array keeps a batch axis of 1)."""
         for chunk in self.chunks():
-            for i in range(_count(chunk)):
+            for i in range(batch_rows(chunk)):
                 yield {k: v[i : i + 1] for k, v in chunk.items()}
 
     def batches(self, batch_size: int) -> Iterator[Feeds]:
@@ -94,7 +94,8 @@ class CalibrationSet:
         return head, held
 
 
-def _count(chunk: Feeds) -> int:
+def batch_rows(chunk: Feeds) -> int:
+    """Samples in a batch of feeds (the first axis of any input)."""
     return int(next(iter(chunk.values())).shape[0]) if chunk else 0
 
 
@@ -179,7 +180,7 @@ def load_calibration(path: str | os.PathLike, model: onnx.ModelProto, limit: int
         raise UsageError(f"calibration data {path}: empty (no .npy, .npz or image files)")
     calib = CalibrationSet(str(path), inputs, sources, limit)
     first = next(calib.chunks(), None)
-    if first is None or _count(first) == 0:
+    if first is None or batch_rows(first) == 0:
         raise UsageError(f"calibration data {path}: empty (no samples)")
     return calib
 

@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxslim.calibration import ActivationCollector, CalibrationSet
-from onnxslim.calibration.data import Feeds
+from onnxslim.calibration.data import batch_rows
 from onnxslim.progress import ProgressBar
 from onnxslim.quantization.histogram import TensorStats
 
@@ -34,10 +34,6 @@ def make_collector(model: onnx.ModelProto, tensors: list[str], threads: int | No
     tensors stay graph outputs; convolutional nets run several times faster than unoptimized)."""
     return ActivationCollector(model, tensors, threads, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                                spinning=spinning)
-
-
-def _rows(feeds: Feeds) -> int:
-    return int(next(iter(feeds.values())).shape[0]) if feeds else 0
 
 
 @dataclass
@@ -100,7 +96,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         pending: Future | None = None
         for feeds in data.batches(size):
             values = collector.run(feeds)
-            rows = _rows(feeds)
+            rows = batch_rows(feeds)
             if pending is not None:
                 pending.result()  # one batch in flight at most: memory stays two batches
             if worker is None:

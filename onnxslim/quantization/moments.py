@@ -8,8 +8,8 @@ mean is ``(Q - W) mu`` and whose mean square is ``tr((Q - W) H (Q - W)^T)`` with
     mu = E[x]          (per group: ``groups x width``)
     H  = E[x x^T]      (per group: ``groups x width x width``; only for width <= ``max_width``)
 
-Both are accumulated here over the float model's activations (one onnxruntime session, every
-tensor at once, the first ``samples`` calibration samples). A sample contributes at most
+Both are accumulated here over the float model's activations, fed from the calibration runs
+(every tensor at once, the first ``samples`` calibration samples). A sample contributes at most
 ``rows_per_sample`` input vectors (fewer for narrow layers: ``16 * width / samples``, at least
 128, is plenty for ``H``), taken at fixed, evenly spaced positions of that sample, so the result
 does not depend on how the samples are batched. Conv inputs with ``auto_pad`` other
@@ -19,21 +19,13 @@ weights are rounded to nearest).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from onnxslim.calibration import CalibrationSet
-from onnxslim.calibration.data import Feeds
 from onnxslim.graph import constant_value
-from onnxslim.quantization.calibrate import make_collector
 from onnxslim.quantization.plan import QuantPlan
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -177,21 +169,11 @@ def plan_layouts(graph: gs.Graph, plan: QuantPlan) -> dict[tuple[str, int], Inpu
     return out
 
 
-def _first(batches: Iterable[Feeds], samples: int) -> Iterator[Feeds]:
-    left = samples
-    for feeds in batches:
-        if left <= 0:
-            return
-        rows = int(next(iter(feeds.values())).shape[0]) if feeds else 0
-        yield {k: v[:left] for k, v in feeds.items()} if rows > left else feeds
-        left -= rows
-
-
 class MomentObserver:
     """Accumulators for a set of layouts, fed tensor by tensor (``observe(name, array)``).
 
-    Layouts that cut the same tensor the same way share one accumulator. Any activation collector
-    can feed it; :func:`collect_moments` runs its own pass.
+    Layouts that cut the same tensor the same way share one accumulator. insert_qdq feeds it from
+    the calibration runs (a :class:`~onnxslim.quantization.calibrate.Rider`).
     """
 
     def __init__(self, layouts: dict[tuple[str, int], InputLayout], max_width: int, rows_per_sample: int = 256,
@@ -222,18 +204,3 @@ class MomentObserver:
 
     def moments(self) -> dict[tuple[str, int], InputMoments]:
         return {key: self.shared[layout] for key, layout in self.layouts.items()}
-
-
-def collect_moments(model: onnx.ModelProto, layouts: dict[tuple[str, int], InputLayout], data: CalibrationSet, *,
-                    samples: int = 32, rows_per_sample: int = 256, max_width: int = 1024, batch_size: int = 4,
-                    threads: int | None = None) -> tuple[dict[tuple[str, int], InputMoments], int]:
-    """Moments of every layout's input over the first ``samples`` samples (one session), and the samples seen."""
-    if not layouts:
-        return {}, 0
-    observer = MomentObserver(layouts, max_width, rows_per_sample, samples)
-    # No spin-waiting: the moment updates (BLAS) run between inferences on the same cores.
-    collector = make_collector(model, observer.tensors, threads, spinning=False)
-    size = collector.fixed_batch or batch_size
-    seen = collector.collect(_first(data.batches(size), samples), observer.observe, batch_size=size)
-    logger.info("weight rounding: input moments of %d tensors over %d samples", len(observer.tensors), seen)
-    return observer.moments(), seen
