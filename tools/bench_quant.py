@@ -442,13 +442,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(p: argparse.ArgumentParser, holdout: int = 128, holdout_help: str | None = None) -> None:
+    """The options that pick models, methods and samples (shared with tools/calib_speed.py)."""
     p.add_argument("--zoo", type=Path, default=Path("zoo"))
     p.add_argument("--models", default="resnet50,mobilenetv2,minilm_l6,ppocr_rec,vit_b16")
     p.add_argument("--methods", default="minmax,percentile,entropy,mse")
     p.add_argument("--calib", type=int, default=64)
-    p.add_argument("--holdout", type=int, default=128)
+    p.add_argument("--holdout", type=int, default=holdout, help=holdout_help)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(p)
     p.add_argument("--threads", default="2,1", help="intra-op thread counts to time (the first is the main column)")
     p.add_argument("--no-ort-default", dest="ort_default", action="store_false",
                    help="skip the row for quantize_static with its defaults (s8s8, per-tensor)")

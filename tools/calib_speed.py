@@ -189,11 +189,7 @@ def table(rows: list[dict], breakdown: bool) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--zoo", type=Path, default=Path("zoo"))
-    p.add_argument("--models", default="resnet50,mobilenetv2,minilm_l6,ppocr_rec,vit_b16")
-    p.add_argument("--methods", default="minmax,percentile,entropy,mse")
-    p.add_argument("--calib", type=int, default=64)
-    p.add_argument("--holdout", type=int, default=32, help="as the bench's (it picks which sentences calibrate MiniLM)")
+    bench_quant.add_data_arguments(p, holdout=32, holdout_help="it picks which sentences calibrate MiniLM (any value >= 32 picks the same)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--retries", type=int, default=2, help="extra tries per kept pair when other processes loaded the CPU")
