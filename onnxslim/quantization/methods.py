@@ -18,7 +18,13 @@ Methods:
                 bin) is merged into as many bins as the grid has levels and expanded back (Q);
                 ``t`` minimises KL(P || Q). Candidates are scanned on a stride, then refined around
                 the best one bin at a time. The bin holding exact zeros is left out (a ReLU's
-                zeros would otherwise pull the threshold down). Two-sided tensors search each
+                zeros would otherwise pull the threshold down). Other spikes (a bin holding far
+                more than its neighbours: a value repeated, as a constant image region gives
+                after a depthwise conv, or ReLU6's 6) are atoms: inside the range a grid maps an
+                atom to one level, so Q keeps it where P has it instead of spreading it over its
+                group; beyond the range it is clipped like any tail. Without this, spikes make up
+                most of KL(P || Q), and the search shrinks the range to split them finer, clipping
+                the tail (MobileNetV2's ReLU6 outputs were cut at 2.5). Two-sided tensors search each
                 side apart, with the share of the 256 levels that the side's span takes. With
                 fewer than 16 values per histogram bin the KL estimate is noise, and mse is used.
 ``mse``         minimises the expected squared quantization error over the histogram: values
@@ -51,6 +57,9 @@ class MethodSpec:
 
 # The KL search needs data: below this many histogram values per bin it falls back to mse.
 ENTROPY_MIN_VALUES_PER_BIN = 16
+# An atom: a bin holding more than ATOM_FACTOR times the median of the ATOM_WINDOW bins around
+# it, plus ATOM_FLOOR values (so that a few values in a sparse tail are not atoms).
+ATOM_WINDOW, ATOM_FACTOR, ATOM_FLOOR = 33, 4.0, 16.0
 
 
 def effective_method(stats: TensorStats, method: MethodSpec) -> MethodSpec:
@@ -140,24 +149,42 @@ def entropy_threshold(edges: np.ndarray, counts: np.ndarray, levels: int = 128, 
         return float(edges[-1])
     counts = np.array(counts, dtype=np.float64)
     counts[0] = 0.0  # the bin holding exact zeros (ReLU outputs, padding) is a spike no grid needs to resolve
+    counts, atoms = split_atoms(counts)
     stride = max(1, (n - levels) // coarse)
     first = np.arange(levels, n + 1, stride)
-    best = int(first[np.argmin(kl_divergences(counts, first, levels))])
+    best = int(first[np.argmin(kl_divergences(counts, first, levels, atoms))])
     near = np.arange(max(levels, best - stride + 1), min(n, best + stride - 1) + 1)
-    best = int(near[np.argmin(kl_divergences(counts, near, levels))])
+    best = int(near[np.argmin(kl_divergences(counts, near, levels, atoms))])
     return float(edges[best])
 
 
-def kl_divergences(counts: np.ndarray, candidates: np.ndarray, levels: int) -> np.ndarray:
+def split_atoms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(smooth counts, atom counts or None): each atom bin keeps its neighbours' median as its
+    smooth part, and the excess is its atom (see the module docstring)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if len(counts) < ATOM_WINDOW:
+        return counts, None
+    half = ATOM_WINDOW // 2
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(counts, half, mode="edge"), ATOM_WINDOW)
+    base = np.median(windows, axis=1)
+    atom = counts > ATOM_FACTOR * base + ATOM_FLOOR
+    if not atom.any():
+        return counts, None
+    return np.where(atom, base, counts), np.where(atom, counts - base, 0.0)
+
+
+def kl_divergences(counts: np.ndarray, candidates: np.ndarray, levels: int, atoms: np.ndarray | None = None) -> np.ndarray:
     """KL(P || Q) for each candidate bin count ``i`` (all at once, vectorised).
 
     P: ``counts[:i]`` with the tail ``counts[i:]`` added to its last bin. Q: ``counts[:i]``
     merged into ``levels`` groups of ``i // levels`` bins (the remainder joins the last group),
-    each group's mass spread evenly over its non-empty bins.
+    each group's mass spread evenly over its non-empty bins. ``atoms`` (split_atoms()): extra
+    mass per bin that P and Q both hold in place below ``i`` and that joins the tail from ``i``.
     """
     counts = np.asarray(counts, dtype=np.float64)
     cand = np.asarray(candidates, dtype=np.int64)
-    tails = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tails[i] = sum(counts[i:])
+    total = counts if atoms is None else counts + atoms
+    tails = np.concatenate([np.cumsum(total[::-1])[::-1], [0.0]])  # tails[i] = sum(total[i:])
     rows = len(cand)
     row = np.repeat(np.arange(rows), cand)
     start = np.repeat(np.cumsum(cand) - cand, cand)
@@ -171,6 +198,9 @@ def kl_divergences(counts: np.ndarray, candidates: np.ndarray, levels: int) -> n
     gnnz = np.bincount(key, weights=nonzero, minlength=rows * levels)
     q = np.where(nonzero, gsum[key] / np.maximum(gnnz[key], 1.0), 0.0)
     p = h.copy()
+    if atoms is not None:
+        p += atoms[j]
+        q += atoms[j]
     last = j == i - 1
     p[last] += tails[i[last]]
     psum = np.bincount(row, weights=p, minlength=rows)

@@ -102,11 +102,15 @@ def test_percentile_matches_numpy(name, p):
     assert abs(t - np.percentile(np.abs(x), p)) <= 2 * width
 
 
-def reference_kl(counts, i, levels):
-    """TensorRT's loop, one candidate at a time (the reference the vectorised version must match)."""
+def reference_kl(counts, i, levels, atoms=None):
+    """TensorRT's loop, one candidate at a time (the reference the vectorised version must match).
+
+    ``atoms``: mass held in place in both P and Q below ``i`` and clipped into P's last bin beyond.
+    """
+    atoms = np.zeros(len(counts)) if atoms is None else atoms
     sliced = counts[:i].astype(np.float64)
     p = sliced.copy()
-    p[i - 1] += counts[i:].sum()
+    p[i - 1] += counts[i:].sum() + atoms[i:].sum()
     nonzero = sliced != 0
     merged = i // levels
     q = np.zeros(i)
@@ -115,6 +119,7 @@ def reference_kl(counts, i, levels):
         n = nonzero[start:stop].sum()
         if n:
             q[start:stop] = np.where(nonzero[start:stop], sliced[start:stop].sum() / n, 0)
+    p, q = p + atoms[:i], q + atoms[:i]
     p, q = p / p.sum(), q / q.sum()
     live = p > 0
     if np.any(live & (q == 0)):
@@ -129,6 +134,50 @@ def test_entropy_kl_matches_reference_loop(name):
     ours = kl_divergences(counts, candidates, 128)
     ref = [reference_kl(counts, int(i), 128) for i in candidates]
     np.testing.assert_allclose(ours, ref, rtol=1e-9)
+
+
+def lumpy_relu6(scale, atoms, share, seed=0):
+    """ReLU6 outputs of a depthwise conv over flat image regions: a smooth part clipped at 6 (a
+    pile-up there when ``scale`` is large) plus ``atoms`` repeated values holding ``share`` of the mass."""
+    rng = np.random.default_rng(seed)
+    smooth = np.clip(rng.standard_normal(N) * scale, 0, 6)
+    repeated = rng.choice(rng.uniform(0.05, 1.5, atoms), int(N * share))
+    return np.concatenate([smooth, repeated]).astype(np.float32)
+
+
+def test_entropy_kl_with_atoms_matches_reference_loop():
+    from onnxslim.quantization.methods import split_atoms
+
+    counts, _ = np.histogram(lumpy_relu6(1.2, 20, 0.3), bins=1024)
+    counts[0] = 0
+    smooth, atoms = split_atoms(counts)
+    assert atoms is not None and np.count_nonzero(atoms) >= 15
+    assert np.allclose(smooth + atoms, counts)
+    candidates = np.array([128, 200, 300, 511, 777, 1024])
+    ours = kl_divergences(smooth, candidates, 128, atoms)
+    ref = [reference_kl(smooth, int(i), 128, atoms) for i in candidates]
+    np.testing.assert_allclose(ours, ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace", "relu", "skewed"])
+def test_smooth_distributions_have_no_atoms(name):
+    from onnxslim.quantization.methods import split_atoms
+
+    counts, _ = np.histogram(np.abs(distributions()[name]), bins=2048)
+    counts[0] = 0
+    assert split_atoms(counts)[1] is None  # so the reference argmin below is the method's result
+
+
+@pytest.mark.parametrize("scale,atoms,share", [(1.2, 20, 0.3), (1.2, 60, 0.5), (1.2, 10, 0.1), (2.0, 60, 0.5), (3.0, 20, 0.3)])
+def test_entropy_keeps_the_tail_of_lumpy_relu6(scale, atoms, share):
+    # Repeated values (spikes) used to dominate KL(P || Q): the search shrank the range to split
+    # them finer and clipped the tail (2.0-3.5 here for values up to 6, as on MobileNetV2).
+    x = lumpy_relu6(scale, atoms, share)
+    stats = stats_of(x)
+    hi = select_range(stats, MethodSpec("entropy"), symmetric=False)[1]
+    assert hi >= np.percentile(x, 99.9) - 2 * stats.width
+    if scale >= 2.0:  # a pile-up at 6 (0.1% and 2% of the values): clipping it costs its whole mass
+        assert hi >= 6.0 - 2 * stats.width
 
 
 @pytest.mark.parametrize("name", ["normal", "laplace", "relu"])
