@@ -213,6 +213,10 @@ def held_scenes(n: int, cache: Path | None) -> np.ndarray:
     if cache is None:
         return scene_images(n, 2)
     path = cache / f"scenes-seed2-{n}.npy"
+    larger = sorted((int(f.stem.rsplit("-", 1)[1]), f) for f in cache.glob("scenes-seed2-*.npy"))
+    larger = [f for size, f in larger if size >= n]
+    if larger:  # the first n scenes of a larger set are these n
+        return np.load(larger[0], mmap_mode="r")[:n]
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, 3, 224, 224))
@@ -384,7 +388,9 @@ def fidelity(want: list[np.ndarray], got: Iterable[np.ndarray], task: dict | Non
     """Output fidelity of ``got`` vs the FP32 ``want``, in one pass over ``got`` (a generator is fine).
 
     Mean/min cosine; for class scores, top-1 agreement with its binomial standard error
-    ``sqrt(p (1 - p) / n)`` (``top1_se``); ``held_out`` (n); and task_metric() where ``task`` has one.
+    ``sqrt(p (1 - p) / n)`` (``top1_se``) and which samples agree (``top1_hits``, packed bits in
+    hex: two methods on the same samples compare paired, see paired_top1_se()); ``held_out`` (n);
+    and task_metric() where ``task`` has one.
     """
     cos, same, kept = [], [], []
     scores = not (task and "sentences" in task)  # sentence embeddings are (1, d) too, but not class scores
@@ -398,10 +404,19 @@ def fidelity(want: list[np.ndarray], got: Iterable[np.ndarray], task: dict | Non
     out = {"held_out": len(cos), "cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
     if same:
         p = float(np.mean(same))
-        out.update(top1=p, top1_se=math.sqrt(p * (1 - p) / len(same)))
+        out.update(top1=p, top1_se=math.sqrt(p * (1 - p) / len(same)), top1_hits=np.packbits(same).tobytes().hex())
     if task:
         out.update(task_metric(task, [task_view(task, a) for a in want], kept))
     return out
+
+
+def paired_top1_se(a: dict, b: dict) -> float:
+    """Standard error of ``a["top1"] - b["top1"]`` measured on the same samples (smaller than the
+    unpaired ``hypot(se_a, se_b)`` since most samples agree or disagree under both)."""
+    n = a["held_out"]
+    hits = [np.unpackbits(np.frombuffer(bytes.fromhex(r["top1_hits"]), np.uint8))[:n].astype(float) for r in (a, b)]
+    d = hits[0] - hits[1]
+    return float(d.std() / math.sqrt(n))
 
 
 def task_view(task: dict, y: np.ndarray):

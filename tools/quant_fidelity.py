@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -122,7 +121,7 @@ def table(rows: list[dict], options: str) -> str:
             a, b = best(mine, key), best(theirs, key)
             if a is None or b is None:
                 continue
-            se = f" (s.e. {math.hypot(a['top1_se'], b['top1_se']):.4f})" if key == "top1" else ""
+            se = f" (paired s.e. {bq.paired_top1_se(a, b):.4f})" if key == "top1" else ""
             lines.append(f"| {name} | {a['held_out']} | {key} | {a[key]:.5f} ({a['method']}) | {b[key]:.5f} ({b['method']}) "
                          f"| {a[key] - b[key]:+.5f}{se} |")
     return "\n".join(lines)
