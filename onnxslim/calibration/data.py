@@ -71,13 +71,27 @@ class CalibrationSet:
                 yield {k: v[i : i + 1] for k, v in chunk.items()}
 
     def batches(self, batch_size: int) -> Iterator[Feeds]:
-        """Samples regrouped into batches of ``batch_size`` (the last may be smaller)."""
+        """Samples regrouped into batches of ``batch_size`` (the last may be smaller).
+
+        A batch that lies inside one stored chunk is a view of it (no copy); one that spans
+        chunks is stacked from their pieces.
+        """
         pending: list[Feeds] = []
-        for sample in self.samples():
-            pending.append(sample)
-            if len(pending) == batch_size:
-                yield _stack(pending)
-                pending = []
+        have = 0
+        for chunk in self.chunks():
+            rows, start = batch_rows(chunk), 0
+            while start < rows:
+                take = min(batch_size - have, rows - start)
+                part = {k: v[start : start + take] for k, v in chunk.items()}
+                start += take
+                if not pending and take == batch_size:
+                    yield part
+                    continue
+                pending.append(part)
+                have += take
+                if have == batch_size:
+                    yield _stack(pending)
+                    pending, have = [], 0
         if pending:
             yield _stack(pending)
 

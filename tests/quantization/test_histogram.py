@@ -86,3 +86,15 @@ def test_sampling_with_nonfinite_values():
     assert s.nonfinite == x.size - finite.sum() and s.count == finite.sum()
     assert np.array_equal(s.counts, reference_counts(picked[np.isfinite(picked)], s))
     assert (s.minimum, s.maximum) == (float(x[finite].min()), float(x[finite].max()))
+
+
+@pytest.mark.parametrize("size", [7, 1 << 16, (1 << 16) + 1, 300_001])
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+def test_blockwise_min_max_equals_numpy(size, bad):
+    from onnxslim.quantization.histogram import _min_max
+
+    x = np.random.default_rng(size).standard_normal(size).astype(np.float32)
+    if bad is not None:
+        x[size * 2 // 3] = bad
+    got, want = _min_max(x), (float(x.min()), float(x.max()))
+    assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
