@@ -10,7 +10,8 @@ Data recipes, held-out sizes (per model by default, see bench_quant.HOLDOUT) and
 tools/bench_quant.py's (calibration seed 1, held-out seed 2; model_data(), outputs(), fidelity()).
 Per model and method: mean/min cosine vs FP32 on the held-out set, top-1 agreement with its
 standard error (classifiers), and the task metric (MiniLM nearest-neighbour agreement, PP-OCR
-character accuracy); then per model the best of ours vs the best of ORT's. ORT models and the
+character accuracy); then per model the best of ours vs the best of ORT's on each score, the
+top-1 difference with its paired standard error (same samples). ORT models and the
 held-out scenes (a memory map) are cached under ``--cache``, keyed by the calibration data (ORT's
 quantizer is slow and does not change). ``--opt KEY=VALUE`` passes an
 ``insert_qdq`` option (repeatable); ``--variant LABEL:KEY=VALUE,...`` adds a row set with its own
