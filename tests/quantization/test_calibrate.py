@@ -161,3 +161,19 @@ def test_a_rider_sees_the_first_samples_of_the_same_runs():
     assert set(stats) == {"y"} and stats["y"].count == 10 * 8  # rider tensors get no statistics
     first = {"x": np.concatenate([s["x"] for _, s in zip(range(6), data.samples())])}
     np.testing.assert_allclose(np.concatenate(got), reference(model, ["r"], first)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 8, 20])
+def test_batches_regroup_chunks_in_order(batch_size):
+    from onnxslim.calibration.data import CalibrationSet, InputSpec
+
+    rng = np.random.default_rng(3)
+    chunks = [{"x": rng.standard_normal((n, 2, 3)).astype(np.float32), "m": rng.integers(0, 9, (n, 4))} for n in (3, 8, 1, 5, 8)]
+    data = CalibrationSet("chunks", [InputSpec("x", np.dtype(np.float32), (None, 2, 3)), InputSpec("m", np.dtype(np.int64), (None, 4))],
+                          [lambda c=c: c for c in chunks], limit=22)
+    got = list(data.batches(batch_size))
+    assert [len(b["x"]) for b in got] == [batch_size] * (22 // batch_size) + ([22 % batch_size] if 22 % batch_size else [])
+    for key in ("x", "m"):
+        want = np.concatenate([c[key] for c in chunks])[:22]
+        assert np.array_equal(np.concatenate([b[key] for b in got]), want)
+        assert all(b[key].flags.c_contiguous for b in got)
