@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -37,13 +37,20 @@ _NATIVE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLO
            onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
 
 
-def _weight_array(t: onnx.TensorProto) -> np.ndarray | None:
-    """The initializer's values as an array onnxruntime can take over; None to keep it inline."""
+def _weight_array(t: onnx.TensorProto, given: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The initializer's values as an array onnxruntime can take over; None to keep it inline.
+
+    ``given``: arrays the caller already holds for some initializers (same values), used as they
+    are instead of decoding the tensor's bytes, which costs a copy of the weights.
+    """
     if t.data_type not in _NATIVE or onnx.external_data_helper.uses_external_data(t):
         return None
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
     if math.prod(t.dims) * dtype.itemsize <= INLINE_LIMIT:  # (ByteSize() would serialize the tensor)
         return None
+    known = given.get(t.name)
+    if known is not None and known.dtype == dtype and known.shape == tuple(t.dims):
+        return np.ascontiguousarray(known)  # no copy when it is contiguous already
     if t.HasField("raw_data") and sys.byteorder == "little":
         return np.frombuffer(t.raw_data, dtype=dtype).reshape(tuple(t.dims))  # one copy: the bytes object
     return np.ascontiguousarray(numpy_helper.to_array(t))
@@ -80,7 +87,8 @@ def _copy_fields(src, dst, skip: tuple[str, ...] = ()) -> None:
             setattr(dst, field.name, value)
 
 
-def _augmented(model: onnx.ModelProto, names: Sequence[str]) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+def _augmented(model: onnx.ModelProto, names: Sequence[str], given: Mapping[str, np.ndarray] | None = None
+               ) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
     """(skeleton with ``names`` as extra outputs, external initializer names, their arrays)."""
     out = onnx.ModelProto()
     _copy_fields(model, out, skip=("graph",))
@@ -89,7 +97,7 @@ def _augmented(model: onnx.ModelProto, names: Sequence[str]) -> tuple[onnx.Model
     ext_names: list[str] = []
     ext_values: list[np.ndarray] = []
     for t in src.initializer:
-        arr = _weight_array(t)
+        arr = _weight_array(t, given or {})
         if arr is None:
             g.initializer.append(t)
         else:
@@ -113,11 +121,15 @@ class ActivationCollector:
     requested tensors stay graph outputs either way, since onnxruntime never fuses one away, and
     ``ORT_ENABLE_ALL`` runs convolutional nets several times faster). ``spinning``: let idle
     intra-op threads spin-wait (faster alone, wasteful beside other work in the same process).
+    ``weights``: initializer arrays the caller holds (e.g. a gs graph's constants, which
+    ``export_model`` copied into ``model``), taken instead of decoding ``model``'s bytes: a copy
+    of every weight less. They must hold the model's values; the collector keeps them alive for
+    the session's lifetime (an array whose dtype or shape does not match is ignored).
     """
 
     def __init__(self, model: onnx.ModelProto, tensor_names: Sequence[str], threads: int | None = None,
                  optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                 spinning: bool = True):
+                 spinning: bool = True, weights: Mapping[str, np.ndarray] | None = None):
         self.names = list(dict.fromkeys(tensor_names))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = optimization_level
@@ -125,7 +137,7 @@ class ActivationCollector:
         opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        skeleton, ext_names, ext_values = _augmented(model, self.names)
+        skeleton, ext_names, ext_values = _augmented(model, self.names, weights)
         # onnxruntime reads these arrays for the session's lifetime: the collector keeps them.
         self._external = dict(zip(ext_names, (ort.OrtValue.ortvalue_from_numpy(v) for v in ext_values)))
         if ext_names:

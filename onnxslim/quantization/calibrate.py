@@ -14,7 +14,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 def make_collector(model: onnx.ModelProto, tensors: list[str], threads: int | None = None,
-                   spinning: bool = True) -> ActivationCollector:
+                   spinning: bool = True, weights: Mapping[str, np.ndarray] | None = None) -> ActivationCollector:
     """One session for every observed tensor, with onnxruntime's graph optimizations on (observed
     tensors stay graph outputs; convolutional nets run several times faster than unoptimized)."""
     return ActivationCollector(model, tensors, threads, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                               spinning=spinning)
+                               spinning=spinning, weights=weights)
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Rider:
 def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationSet, *, bins: int = 2048,
                   histogram: bool | set[str] = True, batch_size: int = 8, progress: bool = False,
                   threads: int | None = None, sample_cap: int = 0, overlap: bool = True,
-                  riders: Sequence[Rider] = ()) -> tuple[dict[str, TensorStats], int]:
+                  riders: Sequence[Rider] = (), weights: Mapping[str, np.ndarray] | None = None
+                  ) -> tuple[dict[str, TensorStats], int]:
     """Statistics of ``tensors`` over every sample of ``data`` (one inference per batch), and the sample count.
 
     ``histogram``: True for all tensors, False for min/max only, or the set of tensors that need one.
@@ -71,6 +72,8 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
     next (NumPy and onnxruntime both release the GIL); two batches of activations are then alive
     at a time instead of one. The updates still happen in sample order, so results are the same.
     ``riders``: other observers fed from the same runs (see :class:`Rider`).
+    ``weights``: initializer arrays the caller holds with ``model``'s values (see
+    :class:`ActivationCollector`): the session then takes them without a copy of every weight.
     """
     if not tensors and not any(r.tensors and r.samples > 0 for r in riders):
         return {}, 0
@@ -78,7 +81,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
     stats = {name: TensorStats(bins, wants(name), sample_cap) for name in tensors}
     names = list(dict.fromkeys([*tensors, *(t for r in riders for t in r.tensors)]))
     # Spin-waiting intra-op threads would take the core the statistics thread needs.
-    collector = make_collector(model, names, threads, spinning=not overlap)
+    collector = make_collector(model, names, threads, spinning=not overlap, weights=weights)
     size = collector.fixed_batch or batch_size
     bar = ProgressBar("calibrating", total=None, unit="samples", enabled=None if progress else False)
 

@@ -86,3 +86,18 @@ def test_through_a_file_when_the_skeleton_is_too_large(monkeypatch):
     feeds = {"x": np.ones((2, 32), np.float32)}
     got = collect.ActivationCollector(model, ["y"], threads=1).run(feeds)["y"]
     np.testing.assert_allclose(got, reference(model, ["y"], feeds)[0], rtol=1e-6)
+
+
+def test_given_weight_arrays_are_taken_as_they_are():
+    from onnx import numpy_helper
+
+    model = small_net()
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    feeds = {"x": np.random.default_rng(2).standard_normal((3, 32)).astype(np.float32)}
+    plain = ActivationCollector(model, ["h", "y"], threads=1).run(feeds)
+    given = ActivationCollector(model, ["h", "y"], threads=1, weights=arrays)
+    assert given._external["w1"].data_ptr() == arrays["w1"].ctypes.data  # no copy
+    for name, value in given.run(feeds).items():
+        assert np.array_equal(value, plain[name])
+    wrong = ActivationCollector(model, ["y"], threads=1, weights={"w1": arrays["w1"].T.copy()})  # shape mismatch: ignored
+    assert np.array_equal(wrong.run(feeds)["y"], plain["y"])
