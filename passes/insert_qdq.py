@@ -28,6 +28,7 @@ import logging
 import time
 from typing import Callable
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
@@ -95,7 +96,8 @@ class InsertQdq(Pass):
         stats, samples = collect_stats(reference, observed, calibration, bins=opts.bins,
                                        histogram=_needs_histogram(graph, observed, opts),
                                        batch_size=opts.batch_size, progress=opts.progress,
-                                       sample_cap=opts.histogram_sample, riders=[rider] if rider else [])
+                                       sample_cap=opts.histogram_sample, riders=[rider] if rider else [],
+                                       weights=_weight_arrays(graph))
         rounder = make_rounder() if make_rounder else None
         rounding_samples, moments_seconds = (rider.seen, rider.seconds) if rider else (0, 0.0)
         calib_seconds = time.perf_counter() - start
@@ -212,6 +214,13 @@ def _method(opts: QuantOptions, tensor: str, producer: str):
         if o.matches(tensor) or (producer and o.matches(producer)):
             return o.method
     return opts.method
+
+
+def _weight_arrays(graph: gs.Graph) -> dict[str, np.ndarray]:
+    """The graph's constant arrays by name: the collector session takes them as they are instead of
+    decoding a copy of every weight from the exported model."""
+    return {name: t.values for name, t in graph.tensors().items()
+            if isinstance(t, gs.Constant) and isinstance(t.values, np.ndarray)}
 
 
 def _calibration_set(ctx: PassContext, reference: onnx.ModelProto, opts: QuantOptions) -> CalibrationSet:
