@@ -290,25 +290,31 @@ def worker(spec: dict) -> dict:
                                calib_data=spec["calib"], holdout=0, verify=False, target="ort", device="x86")
         calib_s = next(p.counters.get("calib_seconds", 0.0) for p in report.passes if p.name == "insert_qdq")
     else:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        files = sorted(Path(spec["calib"]).glob("*.npz"))
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = (dict(s) for f in files for s in feeds_of(dict(np.load(f))))
-
-            def get_next(self):
-                return next(self.it, None)
-
-        if spec["tool"] == "ort_default":  # quantize_static as documented: QDQ, s8 activations and weights, per-tensor
-            quantize_static(spec["model"], spec["out"], Reader())
-        else:
-            quantize_static(spec["model"], spec["out"], Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, ORT_METHODS[spec["method"]]))
+        ort_quantize(spec["model"], spec["out"], Path(spec["calib"]), spec["method"], defaults=spec["tool"] == "ort_default")
         calib_s = None
     return {"seconds": time.perf_counter() - start, "calib_seconds": calib_s, "peak_rss_mb": peak_rss_mb()}
+
+
+def ort_quantize(model: str, out: str, calib: Path, method: str, defaults: bool = False) -> None:
+    """ORT's quantize_static over the .npz files in ``calib``: its best settings (QDQ, per-channel, u8
+    activations, s8 weights, ``method``), or with ``defaults`` as documented (QDQ, s8s8, per-tensor, MinMax)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    files = sorted(calib.glob("*.npz"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = (dict(s) for f in files for s in feeds_of(dict(np.load(f))))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    if defaults:
+        quantize_static(model, out, Reader())
+    else:
+        quantize_static(model, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]))
 
 
 def peak_rss_mb() -> float:
@@ -449,9 +455,11 @@ def task_metric(task: dict, want: list, got: list) -> dict:
     return {}
 
 
-def plain_inference_seconds(model: str, calib: dict, threads: int) -> float:
+def plain_inference_seconds(model: str, calib: dict, threads: int, batch: int = 1) -> float:
+    """Plain FP32 inference over the samples, ``batch`` at a time (session creation excluded)."""
     sess = session(model, threads)
-    feeds = feeds_of(calib)
+    n = len(next(iter(calib.values())))
+    feeds = [{k: np.ascontiguousarray(v[i:i + batch]) for k, v in calib.items()} for i in range(0, n, batch)]
     sess.run(None, feeds[0])
     start = time.perf_counter()
     for f in feeds:

@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 HERE = Path(__file__).resolve().parent
@@ -133,18 +132,6 @@ def collector_batch(stage: dict) -> int:
     return int(stage.get("calib_batch_size", QuantOptions().batch_size))
 
 
-def plain_batched_seconds(model: str, calib: dict, threads: int, batch: int) -> float:
-    """Plain FP32 inference over the samples in batches of ``batch`` (session as the baseline's, creation excluded)."""
-    sess = bench_quant.session(model, threads)
-    n = len(next(iter(calib.values())))
-    feeds = [{k: np.ascontiguousarray(v[i:i + batch]) for k, v in calib.items()} for i in range(0, n, batch)]
-    sess.run(None, feeds[0])
-    start = time.perf_counter()
-    for f in feeds:
-        sess.run(None, f)
-    return time.perf_counter() - start
-
-
 def run_model(name: str, args, work: Path) -> list[dict]:
     path = str(args.zoo / bench_quant.MODELS[name])
     model = onnx.load(path, load_external_data=False)
@@ -160,7 +147,7 @@ def run_model(name: str, args, work: Path) -> list[dict]:
                 break
             with ForeignLoad() as plain_load:
                 plain = bench_quant.plain_inference_seconds(path, calib, args.threads)
-                plain_bs = plain_batched_seconds(path, calib, args.threads, collector_batch(args.stage)) if args.batched else None
+                plain_bs = bench_quant.plain_inference_seconds(path, calib, args.threads, collector_batch(args.stage)) if args.batched else None
             gc.collect()
             br = Breakdown()
             with ForeignLoad() as calib_load, (br.active() if args.breakdown else contextlib.nullcontext()):

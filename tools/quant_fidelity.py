@@ -71,21 +71,8 @@ def ort_model(path: str, folder: Path, method: str, cache: Path, key: str) -> st
     out = cache / f"{key}-ort-{method}.onnx"
     if out.exists():
         return str(out)
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    files = sorted(folder.glob("*.npz"))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = (dict(s) for f in files for s in bq.feeds_of(dict(np.load(f))))
-
-        def get_next(self):
-            return next(self.it, None)
-
     tmp = out.with_suffix(".tmp.onnx")
-    quantize_static(path, str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, bq.ORT_METHODS[method]))
+    bq.ort_quantize(path, str(tmp), folder, method)
     tmp.rename(out)
     return str(out)
 
