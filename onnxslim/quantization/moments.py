@@ -65,9 +65,14 @@ class InputLayout:
         wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
         plane = x.sum(axis=0, dtype=np.float64)  # c, h, w
 
-        def taps(offset: int, step: int, count: int, pad: int, size: int) -> np.ndarray:
-            idx = offset + step * np.arange(count) - pad
-            return idx[(idx >= 0) & (idx < size)]
+        def taps(offset: int, step: int, count: int, pad: int, size: int) -> slice:
+            """The input indices ``offset - pad + step * t`` (t < count) that fall inside ``[0, size)``."""
+            first = offset - pad
+            lo = max(0, -(first // step))  # smallest t with first + step * t >= 0
+            hi = min(count - 1, (size - 1 - first) // step)  # largest t with first + step * t < size
+            if hi < lo:
+                return slice(0, 0)
+            return slice(first + step * lo, first + step * hi + 1, step)  # a view: no copy of the plane
 
         sums = np.empty((c, kh, kw), np.float64)
         for j in range(kw):
