@@ -1,8 +1,8 @@
 """Streaming calibration: one onnxruntime pass over the samples, statistics for many tensors at once.
 
-Memory is two batches of activations (one being observed while onnxruntime computes the next)
-plus a fixed-size histogram per observed tensor (``4 * bins`` int64 counts), whatever the number
-of samples. Every statistic is an exact, order-free function of the values seen (see
+Memory is two batches of activations (one lane observes a batch while the other lane's
+onnxruntime run computes the next) plus a fixed-size histogram per observed tensor (``4 * bins``
+int64 counts), whatever the number of samples. Every statistic is an exact, order-free function of the values seen (see
 :mod:`onnxslim.quantization.histogram`), so the same samples give bit-identical ranges for any
 batch size or chunking, provided onnxruntime computes the same activations per sample.
 """
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
@@ -68,9 +71,14 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
 
     ``histogram``: True for all tensors, False for min/max only, or the set of tensors that need one.
     ``sample_cap``: histogram values taken per sample and tensor (0: all; min/max always see all).
-    ``overlap``: update the statistics of one batch in a worker thread while onnxruntime runs the
-    next (NumPy and onnxruntime both release the GIL); two batches of activations are then alive
-    at a time instead of one. The updates still happen in sample order, so results are the same.
+    ``threads``: cores to use (default: up to 4).
+    ``overlap``: two batches in flight on two lanes (:data:`LANES`), each running onnxruntime on
+    half the cores and then updating the statistics, so that one lane's statistics overlap the
+    other lane's inference. Two lanes beat one session on all the cores beside a statistics thread:
+    an intra-op thread pool splits each operator evenly over its threads, and one of them preempted
+    by the statistics thread holds up the whole operator. The statistics are still updated one batch
+    at a time in sample order, so results are the same with or without overlap; two batches of
+    activations are alive at a time instead of one.
     ``riders``: other observers fed from the same runs (see :class:`Rider`).
     ``weights``: initializer arrays the caller holds with ``model``'s values (see
     :class:`ActivationCollector`): the session then takes them without a copy of every weight.
@@ -80,8 +88,10 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
     wants = (lambda name: histogram) if isinstance(histogram, bool) else (lambda name: name in histogram)
     stats = {name: TensorStats(bins, wants(name), sample_cap) for name in tensors}
     names = list(dict.fromkeys([*tensors, *(t for r in riders for t in r.tensors)]))
-    # Spin-waiting intra-op threads would take the core the statistics thread needs.
-    collector = make_collector(model, names, threads, spinning=not overlap, weights=weights)
+    lanes = LANES if overlap else 1
+    cores = threads or min(4, os.cpu_count() or 1)
+    # Spin-waiting intra-op threads would take the core the other lane needs.
+    collector = make_collector(model, names, max(1, cores // lanes), spinning=lanes == 1, weights=weights)
     size = collector.fixed_batch or batch_size
     bar = ProgressBar("calibrating", total=None, unit="samples", enabled=None if progress else False)
 
@@ -92,27 +102,76 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
             rider.feed(values, rows)
         bar.update(rows)
 
+    order = _Turns()
+    failed = threading.Event()  # after a failure, lanes still in flight give their turns up unobserved
+
+    def process(index: int, feeds) -> int:
+        """Run batch ``index``, then wait for its turn and observe it (the turn passes on, even on failure)."""
+        rows = batch_rows(feeds)
+        try:
+            values = None if failed.is_set() else collector.run(feeds)
+        except BaseException:
+            failed.set()
+            order.skip(index)
+            raise
+        with order.turn(index):
+            if failed.is_set():
+                return 0
+            try:
+                observe_all(values, rows)
+            except BaseException:
+                failed.set()
+                raise
+        return rows
+
     start = time.perf_counter()
     seen = 0
-    with contextlib.ExitStack() as stack:
-        worker = stack.enter_context(ThreadPoolExecutor(1, "calibration")) if overlap else None
-        pending: Future | None = None
-        for feeds in data.batches(size):
-            values = collector.run(feeds)
-            rows = batch_rows(feeds)
-            if pending is not None:
-                pending.result()  # one batch in flight at most: memory stays two batches
-            if worker is None:
-                observe_all(values, rows)
-            else:
-                pending = worker.submit(observe_all, values, rows)
-            del values
-            seen += rows
-        if pending is not None:
-            pending.result()
+    with ThreadPoolExecutor(lanes, "calibration") as pool:
+        in_flight: deque[Future] = deque()
+        try:
+            for index, feeds in enumerate(data.batches(size)):
+                if len(in_flight) == lanes:  # memory stays at ``lanes`` batches of activations
+                    seen += in_flight.popleft().result()
+                in_flight.append(pool.submit(process, index, feeds))
+            while in_flight:
+                seen += in_flight.popleft().result()
+        finally:
+            for future in in_flight:
+                future.cancel()
     bar.close()
-    logger.info("calibration: %d samples, %d tensors, %.2fs", seen, len(names), time.perf_counter() - start)
+    logger.info("calibration: %d samples, %d tensors, %d lane(s), %.2fs", seen, len(names), lanes,
+                time.perf_counter() - start)
     return stats, seen
+
+
+LANES = 2  # batches in flight when statistics overlap inference
+
+
+class _Turns:
+    """Hands out turns 0, 1, 2, ... one at a time, in order (a lane waits for the one before it)."""
+
+    def __init__(self):
+        self._next = 0
+        self._done: set[int] = set()
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def turn(self, index: int):
+        with self._cond:
+            self._cond.wait_for(lambda: self._next == index)
+        try:
+            yield
+        finally:
+            self.skip(index)
+
+    def skip(self, index: int) -> None:
+        """Turn ``index`` is over (taken or given up): the next one may go."""
+        with self._cond:
+            self._done.add(index)
+            while self._next in self._done:
+                self._done.discard(self._next)
+                self._next += 1
+            self._cond.notify_all()
 
 
 def merged(stats: dict[str, TensorStats], names: Iterable[str]) -> TensorStats | None:

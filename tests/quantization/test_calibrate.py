@@ -163,6 +163,87 @@ def test_a_rider_sees_the_first_samples_of_the_same_runs():
     np.testing.assert_allclose(np.concatenate(got), reference(model, ["r"], first)[0], rtol=1e-5, atol=1e-5)
 
 
+class _BadBatchAt:
+    """A calibration set whose batch ``bad`` has the wrong element type (onnxruntime refuses it)."""
+
+    def __init__(self, data, bad: int):
+        self.data, self.bad = data, bad
+
+    def batches(self, size: int):
+        for i, feeds in enumerate(self.data.batches(size)):
+            yield {k: v.astype(np.float64) for k, v in feeds.items()} if i == self.bad else feeds
+
+
+def _in_thread(fn, timeout: float = 60.0):
+    """Run ``fn`` in a thread; (finished in time, its exception or None)."""
+    import threading
+
+    box = {}
+
+    def target():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 (handed back to the test)
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive(), box.get("error")
+
+
+@pytest.mark.parametrize("bad", [0, 1, 4])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_failing_batch_raises_without_hanging_the_lanes(bad, overlap):
+    model = resnet_block(c=8)
+    data = _BadBatchAt(synthetic(model, 20, seed=3), bad)
+    done, error = _in_thread(lambda: collect_stats(model, ["r0", "f"], data, batch_size=4, overlap=overlap))
+    assert done, "collect_stats hung after a failing batch"
+    assert error is not None and "double" in str(error).lower(), error
+
+
+def test_a_failing_observer_raises_without_hanging_the_lanes():
+    from tests.quantization.test_collect import small_net
+
+    model = small_net()
+    calls = []
+
+    def observe(name, value):
+        calls.append(len(value))
+        if len(calls) == 2:
+            raise RuntimeError("observer failed")
+
+    rider = Rider(["r"], observe, samples=40)
+    done, error = _in_thread(lambda: collect_stats(model, ["y"], synthetic(model, 40, seed=1), batch_size=4, riders=[rider]))
+    assert done and isinstance(error, RuntimeError) and str(error) == "observer failed"
+    assert calls == [4, 4]  # no batch was observed after the failure
+
+
+def test_turns_are_taken_in_order_whatever_order_the_lanes_arrive():
+    import random
+    import threading
+
+    from onnxslim.quantization.calibrate import _Turns
+
+    turns, taken = _Turns(), []
+    indices = list(range(40))
+    random.Random(0).shuffle(indices)
+
+    def lane(i):
+        if i % 7 == 3:
+            turns.skip(i)  # a lane whose run failed gives its turn up
+            return
+        with turns.turn(i):
+            taken.append(i)
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in indices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert taken == [i for i in range(40) if i % 7 != 3]
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 8, 20])
 def test_batches_regroup_chunks_in_order(batch_size):
     from onnxslim.calibration.data import CalibrationSet, InputSpec
