@@ -239,3 +239,37 @@ def test_entropy_on_few_values_uses_mse():
     assert effective_method(few, MethodSpec("entropy")).name == "mse"
     assert select_range(few, MethodSpec("entropy"), False) == select_range(few, MethodSpec("mse"), False)
     assert effective_method(stats_of(distributions()["normal"]), MethodSpec("entropy")).name == "entropy"
+
+
+def _mse_one(edges, counts, lo, hi, steps):
+    """Reference for _mse_many: one candidate grid, element by element."""
+    total = 0.0
+    step = (hi - lo) / steps
+    for k in range(len(counts)):
+        c = 0.5 * (edges[k] + edges[k + 1])
+        if step <= 0:
+            e = c * c
+        elif c > hi:
+            e = (c - hi) ** 2
+        elif c < lo:
+            e = (c - lo) ** 2
+        elif abs(c) < step / 2:
+            e = c * c
+        else:
+            e = step * step / 12.0
+        total += counts[k] * e
+    return total
+
+
+@pytest.mark.parametrize("rows", [1, 5, 31, 32, 33, 70])
+def test_mse_many_matches_a_candidate_by_candidate_loop(rows):
+    from onnxslim.quantization.methods import _mse_many
+
+    rng = np.random.default_rng(rows)
+    edges = np.linspace(-3.0, 5.0, 202)
+    counts = rng.integers(0, 50, 201).astype(np.float64)
+    scale = np.linspace(0.0, 1.2, rows)  # includes a zero-width grid and grids wider than the data
+    los, his = -2.5 * scale, 4.0 * scale
+    got = _mse_many(edges, counts, los, his, 255)
+    want = [_mse_one(edges, counts, lo, hi, 255) for lo, hi in zip(los, his)]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
