@@ -127,27 +127,31 @@ def _quantile(edges: np.ndarray, counts: np.ndarray, q: float) -> float:
     return float(edges[j] + min(max(frac, 0.0), 1.0) * (edges[j + 1] - edges[j]))
 
 
-MSE_ROWS = 32  # candidate grids evaluated per block (a block's temporaries: MSE_ROWS x bins float64)
-
-
 def _mse_many(edges: np.ndarray, counts: np.ndarray, los: np.ndarray, his: np.ndarray, steps: int) -> np.ndarray:
     """Expected squared error of uniform ``steps``-step grids on ``[los[k], his[k]]`` over the
-    histogram, one per k: bins inside a grid cost ``step**2 / 12`` (bins within half a step of 0
-    round to 0 and cost their square), bins outside it their squared distance to the grid's end.
-    Candidates go in blocks of MSE_ROWS, each a few array operations over all bins."""
+    histogram (ascending ``edges``), one per k: bins inside a grid cost ``step**2 / 12`` (bins within
+    half a step of 0 round to 0 and cost their square), bins outside it their squared distance to
+    the grid's end. Each region is a run of bins, so prefix sums of ``n``, ``n c`` and ``n c**2``
+    (bin centres ``c``) give every candidate in O(log bins), whatever the number of bins."""
     centers = 0.5 * (edges[:-1] + edges[1:])
-    squares = centers**2
-    out = np.empty(len(los), np.float64)
-    for start in range(0, len(los), MSE_ROWS):
-        lo = np.asarray(los[start : start + MSE_ROWS], np.float64)[:, None]
-        hi = np.asarray(his[start : start + MSE_ROWS], np.float64)[:, None]
-        step = (hi - lo) / steps
-        err = np.where(np.abs(centers) < step / 2, squares, step * step / 12.0)
-        err = np.where(centers > hi, (centers - hi) ** 2, err)
-        err = np.where(centers < lo, (centers - lo) ** 2, err)
-        err = np.where(step > 0, err, squares)  # a zero-width grid rounds everything to 0
-        out[start : start + MSE_ROWS] = (counts * err).sum(axis=1)
-    return out
+    n = np.asarray(counts, np.float64)
+    s0, s1, s2 = (np.concatenate([[0.0], np.cumsum(v)]) for v in (n, n * centers, n * centers**2))
+    los, his = np.asarray(los, np.float64), np.asarray(his, np.float64)
+    step = (his - los) / steps
+
+    def run(i: np.ndarray, j: np.ndarray, ref: np.ndarray | float = 0.0) -> np.ndarray:
+        """sum of n * (c - ref)**2 over bins [i, j)."""
+        return (s2[j] - s2[i]) - 2.0 * ref * (s1[j] - s1[i]) + ref * ref * (s0[j] - s0[i])
+
+    last = len(n)
+    below = np.searchsorted(centers, los, side="left")  # bins [0, below) lie under lo
+    above = np.searchsorted(centers, his, side="right")  # bins [above, last) lie over hi
+    zl = np.clip(np.searchsorted(centers, -step / 2, side="right"), below, above)  # |c| < step/2, inside
+    zr = np.clip(np.searchsorted(centers, step / 2, side="left"), zl, above)
+    inside = (s0[above] - s0[below]) - (s0[zr] - s0[zl])
+    err = run(0, below, los) + run(above, last, his) + run(zl, zr) + step * step / 12.0 * inside
+    err = np.maximum(err, 0.0)  # (rounding in the differences of sums)
+    return np.where(step > 0, err, s2[-1])  # a zero-width grid rounds everything to 0
 
 
 def entropy_threshold(edges: np.ndarray, counts: np.ndarray, levels: int = 128, coarse: int = 128) -> float:

@@ -272,4 +272,18 @@ def test_mse_many_matches_a_candidate_by_candidate_loop(rows):
     los, his = -2.5 * scale, 4.0 * scale
     got = _mse_many(edges, counts, los, his, 255)
     want = [_mse_one(edges, counts, lo, hi, 255) for lo, hi in zip(los, his)]
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_mse_many_on_a_heavy_tailed_histogram_picks_the_loops_threshold():
+    from onnxslim.quantization.methods import _candidate_edges, _mse_many
+
+    rng = np.random.default_rng(7)
+    x = np.abs(rng.laplace(0.0, 0.3, 1_000_000))
+    counts, edges = np.histogram(x, bins=4096, range=(0.0, float(x.max()) * 1.0001))
+    counts = counts.astype(np.float64)
+    cand = _candidate_edges(len(counts), 255)
+    got = _mse_many(edges, counts, np.zeros(len(cand)), edges[cand], 255)
+    want = np.array([_mse_one(edges, counts, 0.0, float(edges[i]), 255) for i in cand])
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    assert int(np.argmin(got)) == int(np.argmin(want))
