@@ -51,7 +51,7 @@ class QuantOptions:
     overrides: tuple[Override, ...] = ()
     exclude: tuple[str, ...] = ()
     max_error: ErrorBudget | None = None
-    batch_size: int = 4
+    batch_size: int = 2  # per lane (two lanes run at once; onnxslim.quantization.calibrate)
     keep_activations: bool = False
     extra_ops: frozenset = field(default_factory=frozenset)
     progress: bool = True  # a bar on stderr when it is a terminal (onnxslim.progress)

@@ -52,7 +52,7 @@ class QuantizeStage(Stage):
                          help="--quantize: method for tensors (or their producer nodes) by name or regex, "
                               "e.g. 'logits=minmax' or '.*attn.*=percentile:99.9' (repeatable)."),
             click.Option(["--calib-batch-size", "calib_batch_size"], type=int, default=None, metavar="N",
-                         help="--quantize: samples per calibration inference (results do not depend on it; default 4)."),
+                         help="--quantize: samples per calibration inference; two run at once (scales do not depend on it; default 2)."),
             click.Option(["--quant-exclude", "--exclude", "quant_exclude"], multiple=True, metavar="NAME|OP|REGEX",
                          help="--quantize: keep these nodes in float: node name, op type or regex over node names "
                               "(repeatable, or comma-separated)."),
