@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from onnxslim.cpu import usable_cores
 from onnxslim.errors import InputModelError, UsageError
 from onnxslim.io import TWO_GB, save
 
@@ -90,7 +91,7 @@ def _session(source: ModelSource) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4  # failures surface as exceptions; probing shapes must not spam stderr
-    opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
+    opts.intra_op_num_threads = usable_cores()
     # No pre-packed copies of constant weights: verification runs each model a few times, and
     # packing a 2 GB model's MatMul weights took 4.5 s and a second copy's worth of memory.
     opts.add_session_config_entry("session.disable_prepacking", "1")

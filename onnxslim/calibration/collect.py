@@ -15,7 +15,6 @@ otherwise, so no shape inference runs here.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnxslim.calibration.data import CalibrationSet, Feeds, batch_rows
+from onnxslim.cpu import usable_cores
 from onnxslim.io import TWO_GB, save
 
 Observer = Callable[[str, np.ndarray], None]
@@ -134,7 +134,7 @@ class ActivationCollector:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = optimization_level
         opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or usable_cores()
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         skeleton, ext_names, ext_values = _augmented(model, self.names, weights)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -25,6 +24,7 @@ import onnxruntime as ort
 
 from onnxslim.calibration import ActivationCollector, CalibrationSet
 from onnxslim.calibration.data import batch_rows
+from onnxslim.cpu import usable_cores
 from onnxslim.progress import ProgressBar
 from onnxslim.quantization.histogram import TensorStats
 
@@ -89,7 +89,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
     stats = {name: TensorStats(bins, wants(name), sample_cap) for name in tensors}
     names = list(dict.fromkeys([*tensors, *(t for r in riders for t in r.tensors)]))
     lanes = LANES if overlap else 1
-    cores = threads or min(4, os.cpu_count() or 1)
+    cores = threads or usable_cores()
     # Spin-waiting intra-op threads would take the core the other lane needs.
     collector = make_collector(model, names, max(1, cores // lanes), spinning=lanes == 1, weights=weights)
     size = collector.fixed_batch or batch_size
