@@ -130,6 +130,12 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         in_flight: deque[Future] = deque()
         try:
             for index, feeds in enumerate(data.batches(size)):
+                if collector.fixed_batch and batch_rows(feeds) != collector.fixed_batch:
+                    # Only the last batch can come short; the model cannot take it, and padding it
+                    # with repeated samples would weigh them twice in the statistics.
+                    logger.warning("calibration: the model's batch is fixed at %d; the last %d sample(s) are left out",
+                                   collector.fixed_batch, batch_rows(feeds))
+                    continue
                 if len(in_flight) == lanes:  # memory stays at ``lanes`` batches of activations
                     seen += in_flight.popleft().result()
                 in_flight.append(pool.submit(process, index, feeds))

@@ -16,8 +16,11 @@ from tests.helpers import apply_passes, init, make_model, op_counts, run_ort, vi
 PIPE = "infer_shapes,insert_qdq"
 
 
-def resnet_block(c: int = 16, seed: int = 0, opset: int = 18) -> onnx.ModelProto:
-    """Conv-Relu-MaxPool, a residual block (Conv-Relu-Conv + skip, Add, Relu), GAP, Flatten, Gemm."""
+def resnet_block(c: int = 16, seed: int = 0, opset: int = 18, batch: int | str = 1) -> onnx.ModelProto:
+    """Conv-Relu-MaxPool, a residual block (Conv-Relu-Conv + skip, Add, Relu), GAP, Flatten, Gemm.
+
+    ``batch``: the input's first dimension (a name for a dynamic batch; 1 fixes it, and the
+    calibration collector then runs one sample at a time whatever batch size it is asked for)."""
     rng = np.random.default_rng(seed)
 
     def w(*shape):
@@ -40,7 +43,7 @@ def resnet_block(c: int = 16, seed: int = 0, opset: int = 18) -> onnx.ModelProto
              init("w1", w(c, c, 3, 3)), init("b1", rng.standard_normal(c).astype(np.float32) * 0.1),
              init("w2", w(c, c, 3, 3)), init("b2", rng.standard_normal(c).astype(np.float32) * 0.1),
              init("wf", w(10, c)), init("bf", np.zeros(10, np.float32))]
-    return make_model(nodes, [vi("x", [1, 3, 16, 16])], [vi("y", [1, 10])], inits, opset=opset)
+    return make_model(nodes, [vi("x", [batch, 3, 16, 16])], [vi("y", [batch, 10])], inits, opset=opset)
 
 
 def quantize(model, target="ort", device="x86", samples=16, holdout=None, **options):

@@ -26,8 +26,13 @@ def quantized_scales(model, calib, batch_size, method, **options):
 
 
 @pytest.mark.parametrize("method,sample", [("minmax", 0), ("percentile", 0), ("entropy", 0), ("mse", 0), ("entropy", 100)])
-def test_scales_bit_identical_for_batch_sizes(method, sample, tmp_path):
-    model = resnet_block(c=16)
+def test_scales_bit_identical_for_batch_sizes(method, sample, tmp_path, monkeypatch):
+    model = resnet_block(c=16, batch="n")  # a dynamic batch: the collector takes the batches it is given
+    from onnxslim.calibration.collect import ActivationCollector
+    from onnxslim.calibration.data import batch_rows
+
+    run, rows = ActivationCollector.run, []
+    monkeypatch.setattr(ActivationCollector, "run", lambda self, feeds: (rows.append(batch_rows(feeds)), run(self, feeds))[1])
     rng = np.random.default_rng(1)
     # Stored in uneven chunks (7 files of 1..16 samples) so chunking differs from batching too.
     sizes = [1, 16, 3, 9, 5, 14, 16]
@@ -36,7 +41,12 @@ def test_scales_bit_identical_for_batch_sizes(method, sample, tmp_path):
     calib = load_calibration(tmp_path, model)
     assert len(calib) == sum(sizes) == 64
     # sample=100: histograms see every k-th value of each sample (a per-sample pattern)
-    scales = [quantized_scales(model, calib, bs, method, histogram_sample=sample) for bs in (1, 8, 32)]
+    scales, batches = [], []
+    for bs in (1, 8, 32):
+        rows.clear()
+        scales.append(quantized_scales(model, calib, bs, method, histogram_sample=sample))
+        batches.append(sorted(set(rows)))
+    assert batches == [[1], [8], [32]]  # the runs really were batched differently
     assert scales[0] == scales[1] == scales[2]
     assert len(scales[0]) >= 8
 
@@ -137,7 +147,7 @@ def test_cli_already_quantized_exit_2(model_file, tmp_path):
 
 @pytest.mark.parametrize("sample", [0, 100])
 def test_overlapped_statistics_equal_sequential(sample):
-    model = resnet_block(c=8)
+    model = resnet_block(c=8, batch="n")
     names = ["x", "r0", "p0", "r1", "a2", "f"]
     data = synthetic(model, 24, seed=5)
     runs = [collect_stats(model, names, data, batch_size=4, sample_cap=sample, overlap=overlap) for overlap in (False, True)]
@@ -147,6 +157,17 @@ def test_overlapped_statistics_equal_sequential(sample):
         a, b = seq[name], ovl[name]
         assert (a.minimum, a.maximum, a.count, a.exponent) == (b.minimum, b.maximum, b.count, b.exponent)
         assert np.array_equal(a.counts, b.counts)
+
+
+@pytest.mark.parametrize("fixed", [1, 2, 3])
+def test_a_fixed_batch_model_takes_full_batches_and_leaves_out_a_short_last_one(fixed, caplog):
+    model = resnet_block(c=8, batch=fixed)
+    data = synthetic(model, 3 * fixed + 1 if fixed > 1 else 7, seed=4)
+    stats, seen = collect_stats(model, ["r0"], data, batch_size=4)
+    full = (len(data) // fixed) * fixed
+    assert seen == full
+    assert stats["r0"].count == full * 8 * 16 * 16  # r0: 8 channels of 16x16 per sample
+    assert ("left out" in caplog.text) == (full < len(data))
 
 
 def test_a_rider_sees_the_first_samples_of_the_same_runs():
@@ -195,7 +216,7 @@ def _in_thread(fn, timeout: float = 60.0):
 @pytest.mark.parametrize("bad", [0, 1, 4])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_a_failing_batch_raises_without_hanging_the_lanes(bad, overlap):
-    model = resnet_block(c=8)
+    model = resnet_block(c=8, batch="n")
     data = _BadBatchAt(synthetic(model, 20, seed=3), bad)
     done, error = _in_thread(lambda: collect_stats(model, ["r0", "f"], data, batch_size=4, overlap=overlap))
     assert done, "collect_stats hung after a failing batch"
