@@ -287,3 +287,20 @@ def test_mse_many_on_a_heavy_tailed_histogram_picks_the_loops_threshold():
     want = np.array([_mse_one(edges, counts, 0.0, float(edges[i]), 255) for i in cand])
     np.testing.assert_allclose(got, want, rtol=1e-9)
     assert int(np.argmin(got)) == int(np.argmin(want))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kl_on_sparse_histograms_with_atoms_matches_the_reference_loop(seed):
+    # Empty bins everywhere (including the last bin below a non-empty tail: KL = inf), atoms
+    # on empty and non-empty bins, group widths from 1 to several bins.
+    rng = np.random.default_rng(seed)
+    n, levels = int(rng.integers(40, 300)), int(rng.integers(8, 40))
+    counts = rng.integers(0, 30, n).astype(np.float64) * (rng.random(n) < 0.5)
+    atoms = np.where(rng.random(n) < 0.05, rng.integers(1, 500, n), 0).astype(np.float64)
+    candidates = np.arange(levels, n + 1)
+    for a in (None, atoms):
+        ours = kl_divergences(counts, candidates, levels, a)
+        ref = np.array([reference_kl(counts, int(i), levels, a) for i in candidates])
+        assert np.array_equal(np.isinf(ours), np.isinf(ref))
+        finite = ~np.isinf(ref)
+        np.testing.assert_allclose(ours[finite], ref[finite], rtol=1e-9, atol=1e-12)
