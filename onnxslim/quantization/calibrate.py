@@ -126,7 +126,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
 
     start = time.perf_counter()
     seen = 0
-    with ThreadPoolExecutor(lanes, "calibration") as pool:
+    with bar, ThreadPoolExecutor(lanes, "calibration") as pool:  # the bar is closed on errors too
         in_flight: deque[Future] = deque()
         try:
             for index, feeds in enumerate(data.batches(size)):
@@ -135,6 +135,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
                     # with repeated samples would weigh them twice in the statistics.
                     logger.warning("calibration: the model's batch is fixed at %d; the last %d sample(s) are left out",
                                    collector.fixed_batch, batch_rows(feeds))
+                    order.skip(index)
                     continue
                 if len(in_flight) == lanes:  # memory stays at ``lanes`` batches of activations
                     seen += in_flight.popleft().result()
@@ -144,7 +145,6 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         finally:
             for future in in_flight:
                 future.cancel()
-    bar.close()
     logger.info("calibration: %d samples, %d tensors, %d lane(s), %.2fs", seen, len(names), lanes,
                 time.perf_counter() - start)
     return stats, seen
