@@ -13,8 +13,9 @@ entropy, mse). With real calibration data, each layer's mean weight-rounding err
 ``(W_q - W) E[x]`` is subtracted from its bias (bias correction); ``rounding="gptq"`` chooses the
 int8 codes that minimise each layer's output error on calibration inputs instead of rounding to
 nearest (:mod:`onnxslim.quantization.rounding`; both read input moments gathered on the first
-calibration samples of the same runs, :mod:`onnxslim.quantization.moments`). With ``max_error``, the most sensitive layers fall
-back to float until the budget holds on held-out samples (:mod:`onnxslim.quantization.sensitivity`).
+calibration samples of the same runs, :mod:`onnxslim.quantization.moments`). With ``max_error``,
+the most sensitive layers fall back to float until the budget holds on held-out samples
+(:mod:`onnxslim.quantization.sensitivity`).
 
 Preconditions: a float32 model at opset >= 10 (per-channel weights need opset >= 13) that is not
 already quantized (Q/DQ or integer ops present -> UsageError). Nodes in non-default domains and

@@ -2,9 +2,10 @@
 
 Memory is two batches of activations (one lane observes a batch while the other lane's
 onnxruntime run computes the next) plus a fixed-size histogram per observed tensor (``4 * bins``
-int64 counts), whatever the number of samples. Every statistic is an exact, order-free function of the values seen (see
-:mod:`onnxslim.quantization.histogram`), so the same samples give bit-identical ranges for any
-batch size or chunking, provided onnxruntime computes the same activations per sample.
+int64 counts), whatever the number of samples. Every statistic is an exact, order-free function
+of the values seen (see :mod:`onnxslim.quantization.histogram`), so the same samples give
+bit-identical ranges for any batch size or chunking, provided onnxruntime computes the same
+activations per sample.
 """
 
 from __future__ import annotations

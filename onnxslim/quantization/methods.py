@@ -135,7 +135,7 @@ def _mse_many(edges: np.ndarray, counts: np.ndarray, los: np.ndarray, his: np.nd
     (bin centres ``c``) give every candidate in O(log bins), whatever the number of bins."""
     centers = 0.5 * (edges[:-1] + edges[1:])
     n = np.asarray(counts, np.float64)
-    s0, s1, s2 = (np.concatenate([[0.0], np.cumsum(v)]) for v in (n, n * centers, n * centers**2))
+    s0, s1, s2 = (_prefix(v, np.float64) for v in (n, n * centers, n * centers**2))
     los, his = np.asarray(los, np.float64), np.asarray(his, np.float64)
     step = (his - los) / steps
 
@@ -251,8 +251,9 @@ class KLTable:
         return kl
 
 
-def _prefix(values: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.zeros(1, np.longdouble), np.cumsum(values, dtype=np.longdouble)])
+def _prefix(values: np.ndarray, dtype=np.longdouble) -> np.ndarray:
+    """``out[i] = sum(values[:i])`` for i in 0..len(values)."""
+    return np.concatenate([np.zeros(1, dtype), np.cumsum(values, dtype=dtype)])
 
 
 def _xlogx(v: np.ndarray) -> np.ndarray:
