@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +55,11 @@ class CalibrationSet:
         """Chunks as stored (each with a leading sample axis), up to ``limit`` samples."""
         left = self.limit
         for load in self.sources:
+            if left is not None and left <= 0:
+                return  # before loading: a file past the limit is never read (nor its errors raised)
             chunk = load()
             n = batch_rows(chunk)
             if left is not None:
-                if left <= 0:
-                    return
                 if n > left:
                     chunk = {k: v[:left] for k, v in chunk.items()}
                     n = left
@@ -74,12 +76,19 @@ class CalibrationSet:
         """Samples regrouped into batches of ``batch_size`` (the last may be smaller).
 
         A batch that lies inside one stored chunk is a view of it (no copy); one that spans
-        chunks is stacked from their pieces.
+        chunks is stacked from their pieces. Variable-length data (chunks whose samples differ in
+        a dynamic dim) cannot be stacked: the batch is cut short where the sample shape changes,
+        never padded, so the statistics do not depend on the batch size.
         """
         pending: list[Feeds] = []
-        have = 0
+        have, shape = 0, None
         for chunk in self.chunks():
             rows, start = batch_rows(chunk), 0
+            if rows and (key := _sample_shapes(chunk)) != shape:
+                if pending:
+                    yield _stack(pending)
+                    pending, have = [], 0
+                shape = key
             while start < rows:
                 take = min(batch_size - have, rows - start)
                 part = {k: v[start : start + take] for k, v in chunk.items()}
@@ -113,6 +122,11 @@ def batch_rows(chunk: Feeds) -> int:
     return int(next(iter(chunk.values())).shape[0]) if chunk else 0
 
 
+def _sample_shapes(chunk: Feeds) -> tuple:
+    """Per-sample shape of every input: chunks that differ in it cannot share a batch."""
+    return tuple(sorted((k, v.shape[1:]) for k, v in chunk.items()))
+
+
 def _stack(samples: list[Feeds]) -> Feeds:
     return {k: np.concatenate([s[k] for s in samples], axis=0) for k in samples[0]}
 
@@ -136,22 +150,46 @@ def _validate(chunk: Feeds, inputs: Sequence[InputSpec], origin: str) -> Feeds:
                                  f"{list(d if d is not None else '?' for d in spec.shape)} (axis {axis})")
         if arr.dtype != spec.dtype:
             if arr.dtype.kind == spec.dtype.kind or (arr.dtype.kind in "iu" and spec.dtype.kind in "iu"):
-                arr = arr.astype(spec.dtype)
+                with np.errstate(over="ignore"):  # a float that overflows becomes inf: rejected below
+                    arr = arr.astype(spec.dtype)
             else:
                 raise UsageError(f"calibration data {origin}: {name!r} is {arr.dtype}, the model expects {spec.dtype}")
+        # Checked here, the one pass over every chunk: a NaN would make every range (and the model) NaN.
+        if arr.dtype.kind == "f" and not (finite := np.isfinite(arr)).all():
+            raise UsageError(f"calibration data {origin}: input {name!r} has NaN/inf values "
+                             f"({arr.size - np.count_nonzero(finite)} of {arr.size})")
         out[name] = arr
     if len(set(counts.values())) > 1:
         raise UsageError(f"calibration data {origin}: inputs have different sample counts {counts}")
     return out
 
 
+@contextlib.contextmanager
+def _reading(path: Path, what: str = "") -> Iterator[None]:
+    """Any failure while reading a file is a fault of the file, not a bug of ours.
+
+    numpy, zipfile and Pillow raise a zoo of types for damaged files (BadZipFile, EOFError,
+    zlib.error, NotImplementedError, struct.error, ...); all become one UsageError.
+    """
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"calibration data {path}: cannot read{what}: {reason}") from exc
+
+
 def _npz_loader(path: Path, inputs: Sequence[InputSpec]) -> Callable[[], Feeds]:
     def load() -> Feeds:
-        try:
-            with np.load(path, allow_pickle=False) as data:
+        with _reading(path), open(path, "rb") as fh:  # our handle: np.load leaks its own on a bad zip
+            data = np.load(fh, allow_pickle=False)
+            if isinstance(data, np.ndarray):
+                raise UsageError(f"calibration data {path}: cannot read: a .npy array, not a .npz archive")
+            with data:
                 chunk = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"calibration data {path}: cannot read: {exc}") from exc
+            if bad := [k for k, v in chunk.items() if not isinstance(v, np.ndarray)]:
+                raise UsageError(f"calibration data {path}: cannot read: {bad[0]!r} is not a .npy array")
         return _validate(chunk, inputs, str(path))
 
     return load
@@ -159,10 +197,11 @@ def _npz_loader(path: Path, inputs: Sequence[InputSpec]) -> Callable[[], Feeds]:
 
 def _npy_loader(path: Path, inputs: Sequence[InputSpec]) -> Callable[[], Feeds]:
     def load() -> Feeds:
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"calibration data {path}: cannot read: {exc}") from exc
+        with _reading(path), open(path, "rb") as fh:
+            arr = np.load(fh, allow_pickle=False)
+            if not isinstance(arr, np.ndarray):
+                arr.close()
+                raise UsageError(f"calibration data {path}: cannot read: a .npz archive, not a .npy array")
         spec = inputs[0]
         if arr.ndim == len(spec.shape) - 1:
             arr = arr[None]
@@ -172,7 +211,7 @@ def _npy_loader(path: Path, inputs: Sequence[InputSpec]) -> Callable[[], Feeds]:
 
 
 def load_calibration(path: str | os.PathLike, model: onnx.ModelProto, limit: int | None = None) -> CalibrationSet:
-    """Open a calibration source; validates the first chunk eagerly so errors come early."""
+    """Open a calibration source; validates chunks up to the first sample eagerly so errors come early."""
     path = Path(path)
     inputs = model_inputs(model)
     if limit is not None and limit <= 0:
@@ -181,20 +220,25 @@ def load_calibration(path: str | os.PathLike, model: onnx.ModelProto, limit: int
         raise UsageError(f"calibration data {path}: no such file or folder")
     if path.is_file():
         if path.suffix != ".npz":
-            raise UsageError(f"calibration data {path}: expected a .npz file or a folder of .npy/.npz files")
+            raise UsageError(f"calibration data {path}: expected a .npz file, or a folder of .npy/.npz files or images")
         sources = [_npz_loader(path, inputs)]
-    else:
-        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+    elif path.is_dir():
+        with _reading(path):
+            entries = sorted(p for p in path.iterdir() if p.is_file())
+        files = [p for p in entries if p.suffix in (".npz", ".npy")]
+        if files and any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
+            raise UsageError(f"calibration data {path}: the folder mixes arrays (.npy/.npz) and images; keep one kind")
         if any(p.suffix == ".npy" for p in files) and len(inputs) != 1:
             raise UsageError(f"calibration data {path}: .npy files only work for single-input models; use .npz")
         sources = [_npz_loader(p, inputs) if p.suffix == ".npz" else _npy_loader(p, inputs) for p in files]
         if not sources:
             sources = _image_sources(path, inputs)
+    else:  # /dev/null, a FIFO, a socket: nothing np.load can seek in
+        raise UsageError(f"calibration data {path}: cannot read: not a regular file or folder")
     if not sources:
         raise UsageError(f"calibration data {path}: empty (no .npy, .npz or image files)")
     calib = CalibrationSet(str(path), inputs, sources, limit)
-    first = next(calib.chunks(), None)
-    if first is None or batch_rows(first) == 0:
+    if next((c for c in calib.chunks() if batch_rows(c)), None) is None:  # a file may hold 0 samples
         raise UsageError(f"calibration data {path}: empty (no samples)")
     return calib
 
@@ -211,8 +255,8 @@ class ImageSpec:
     """How an image becomes an input: ``preprocess.json`` beside the images; unset keys default.
 
     ``resize`` [H, W] (default: the model input's fixed H and W), ``scale`` (1/255), ``mean``/``std``
-    per channel after scaling (0 / 1), ``layout`` "NCHW" or "NHWC" (default: from where the model
-    input has 1 or 3 channels), ``color`` "RGB", "BGR" or "L".
+    after scaling, one number or one per channel (0 / 1), ``layout`` "NCHW" or "NHWC" (default:
+    from where the model input has 1 or 3 channels), ``color`` "RGB", "BGR" or "L".
     """
 
     resize: tuple[int, int] | None = None
@@ -224,33 +268,68 @@ class ImageSpec:
 
 
 def _image_spec(folder: Path, spec: InputSpec) -> ImageSpec:
+    """Every key checked up front: a bad value would otherwise surface as a NumPy error mid-run."""
     import json
 
     raw: dict = {}
     file = folder / PREPROCESS_FILE
     if file.is_file():
+        with _reading(file):
+            text = file.read_text()
         try:
-            raw = json.loads(file.read_text())
+            raw = json.loads(text)
         except ValueError as exc:
             raise UsageError(f"calibration data {file}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict) or set(raw) - {"resize", "scale", "mean", "std", "layout", "color"}:
             raise UsageError(f"calibration data {file}: expected keys resize, scale, mean, std, layout, color")
-    layout = str(raw.get("layout") or ("NHWC" if len(spec.shape) == 4 and spec.shape[3] in (1, 3) else "NCHW")).upper()
-    if len(spec.shape) != 4 or layout not in ("NCHW", "NHWC"):
+
+    def bad(key: str, form: str) -> UsageError:
+        return UsageError(f"calibration data {file}: \"{key}\" must be {form}, got {json.dumps(raw[key])}")
+
+    if len(spec.shape) != 4:
         raise UsageError(f"calibration data {folder}: images need a rank-4 NCHW or NHWC input, {spec.name!r} has {spec.shape}")
+    layout, color = raw.get("layout"), raw.get("color", "RGB")
+    if layout is not None and (not isinstance(layout, str) or layout.upper() not in ("NCHW", "NHWC")):
+        raise bad("layout", '"NCHW" or "NHWC"')
+    if not isinstance(color, str) or color.upper() not in ("RGB", "BGR", "L"):
+        raise bad("color", '"RGB", "BGR" or "L"')
+    layout = layout.upper() if layout else ("NHWC" if spec.shape[3] in (1, 3) else "NCHW")
+    color, axis = color.upper(), 3 if layout == "NHWC" else 1
+    shape = [d if d is not None else "?" for d in spec.shape]
+    channels, have = 1 if color == "L" else 3, spec.shape[axis]
+    if have is not None and have not in (1, 3):
+        given = f"\"layout\": \"{layout}\" does not match" if "layout" in raw else f"images (layout {layout}) do not fit"
+        raise UsageError(f"calibration data {folder}: {given} the model input {spec.name!r} {shape}: "
+                         f"its channel axis {axis} has {have}, images give 1 or 3")
+    if have is not None and have != channels:
+        raise UsageError(f"calibration data {folder}: color {color} gives {channels} channel(s), the model input "
+                         f"{spec.name!r} {shape} has {have} (set \"color\" in {PREPROCESS_FILE})")
     h, w = (spec.shape[1], spec.shape[2]) if layout == "NHWC" else (spec.shape[2], spec.shape[3])
-    resize = raw.get("resize") or ((h, w) if h and w else None)
-    if resize is None or len(resize) != 2 or min(int(v) for v in resize) <= 0:
-        raise UsageError(f"calibration data {folder}: give \"resize\": [H, W] in {PREPROCESS_FILE} (the model input is dynamic)")
-    color = str(raw.get("color", "RGB")).upper()
-    if color not in ("RGB", "BGR", "L"):
-        raise UsageError(f"calibration data {file}: color must be RGB, BGR or L")
-    try:
-        return ImageSpec((int(resize[0]), int(resize[1])), float(raw.get("scale", 1.0 / 255.0)),
-                         tuple(float(v) for v in raw.get("mean", [0.0])), tuple(float(v) for v in raw.get("std", [1.0])),
-                         layout, color)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"calibration data {file}: bad value ({exc})") from None
+    resize = raw.get("resize")
+    if resize is None:
+        if not (h and w):
+            raise UsageError(f"calibration data {folder}: give \"resize\": [H, W] in {PREPROCESS_FILE} (the model input is dynamic)")
+        resize = [h, w]
+    elif not (isinstance(resize, list) and len(resize) == 2 and all(type(v) is int and v > 0 for v in resize)):
+        raise bad("resize", "[H, W], two positive integers")
+    elif (h and h != resize[0]) or (w and w != resize[1]):
+        raise UsageError(f"calibration data {file}: \"resize\": {resize} does not match the model input {spec.name!r} {shape}")
+    scale = raw.get("scale", 1.0 / 255.0)
+    if not _number(scale) or scale <= 0:
+        raise bad("scale", "a positive number")
+    mean, std = raw.get("mean", 0.0), raw.get("std", 1.0)
+    mean, std = [mean] if _number(mean) else mean, [std] if _number(std) else std
+    listed = f" or a list of {channels}, one per channel" if channels > 1 else ""
+    if not (isinstance(mean, list) and len(mean) in (1, channels) and all(_number(v) for v in mean)):
+        raise bad("mean", "a number" + listed)
+    if not (isinstance(std, list) and len(std) in (1, channels) and all(_number(v) and v > 0 for v in std)):
+        raise bad("std", "a positive number" + listed + " (it divides: no 0)")
+    return ImageSpec((resize[0], resize[1]), float(scale), tuple(map(float, mean)), tuple(map(float, std)), layout, color)
+
+
+def _number(value) -> bool:
+    """A finite JSON number (``true`` is not one, though Python counts it as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _image_sources(folder: Path, inputs: Sequence[InputSpec]) -> list[Callable[[], Feeds]]:
@@ -267,12 +346,9 @@ def _image_sources(folder: Path, inputs: Sequence[InputSpec]) -> list[Callable[[
 
     def loader(path: Path) -> Callable[[], Feeds]:
         def load() -> Feeds:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert("L" if spec.color == "L" else "RGB").resize((spec.resize[1], spec.resize[0]), Image.BILINEAR)
-                    arr = np.asarray(img, dtype=np.float32)
-            except OSError as exc:
-                raise UsageError(f"calibration data {path}: cannot read image: {exc}") from None
+            with _reading(path, " image"), Image.open(path) as img:
+                img = img.convert("L" if spec.color == "L" else "RGB").resize((spec.resize[1], spec.resize[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.float32)
             arr = arr[..., None] if arr.ndim == 2 else (arr[..., ::-1] if spec.color == "BGR" else arr)
             arr = (arr * spec.scale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
             arr = arr if spec.layout == "NHWC" else arr.transpose(2, 0, 1)
