@@ -257,6 +257,10 @@ def configure_stages(
 
     calibration = None
     held: list[dict] = []
+    if calib_size is not None and calib_data is None:
+        if calib_size <= 0:
+            raise UsageError("--calib-size must be positive")
+        logger.warning("--calib-size has no effect without --calib-data")
     if calib_data is not None:
         calibration = load_calibration(calib_data, model, calib_size)
         calibration, held = calibration.split(min(holdout, max(0, len(calibration) // 5)))
@@ -271,24 +275,32 @@ def configure_stages(
 
 def _lossy_verification(original: Any, candidate: Any, ctx: PassContext, header: onnx.ModelProto,
                         input_shapes, inputs_file, min_cosine: float | None, seed: int, holdout: int) -> VerificationResult:
-    """Fidelity of a lossy pipeline on held-out inputs; fails only below ``min_cosine``."""
+    """Fidelity of a lossy pipeline on held-out inputs; fails only below ``min_cosine``.
+
+    Synthetic inputs stand in when there are no real ones: the result says so (``samples_from``),
+    and a warning too when calibration data was given, since its user expects real-data fidelity."""
     from onnxslim.verify import load_inputs
 
-    feeds = list(ctx.data.get("holdout") or [])
+    feeds, source = list(ctx.data.get("holdout") or []), "holdout"
     if inputs_file is not None:
-        feeds = load_inputs(inputs_file, header)
+        feeds, source = load_inputs(inputs_file, header), "inputs"
     if not feeds:
-        feeds = synthesize_inputs(header, input_shapes, seed=seed + 1, samples=holdout)
+        feeds, source = synthesize_inputs(header, input_shapes, seed=seed + 1, samples=holdout), "synthetic"
+        calibration = ctx.data.get("calibration")
+        if calibration is not None:
+            logger.warning("fidelity is measured on %d synthetic random input(s), not real data: %d calibration sample(s) "
+                           "are too few to hold some out (give more, or real inputs with --inputs)", len(feeds), len(calibration))
     try:
         fid = measure_fidelity(original, candidate, feeds)
     except Exception as exc:  # onnxruntime raises unrelated types for a broken model
-        return VerificationResult("failed", len(feeds), seed, reason=f"model does not run: {str(exc).splitlines()[0][:300]}", mode="lossy")
+        return VerificationResult("failed", len(feeds), seed, reason=f"model does not run: {str(exc).splitlines()[0][:300]}",
+                                  mode="lossy", samples_from=source)
     status, reason = "measured", ""
-    if min_cosine is not None:
-        worst = min((f.cosine for f in fid), default=1.0)
+    if min_cosine is not None:  # a NaN cosine (a broken model) is the worst, never hidden by min()
+        worst = min((f.cosine for f in fid), key=lambda c: (not np.isnan(c), c), default=1.0)
         status = "passed" if worst >= min_cosine else "failed"
         reason = f"worst cosine {worst:.5f} vs budget {min_cosine}"
-    return VerificationResult(status, len(feeds), seed, reason=reason, mode="lossy", fidelity=fid)
+    return VerificationResult(status, len(feeds), seed, reason=reason, mode="lossy", fidelity=fid, samples_from=source)
 
 
 @dataclass

@@ -8,17 +8,19 @@ never a traceback (``-v`` adds it for bugs). ``optimize`` also reads ./onnxslim.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
 from onnxslim import api, config, io
-from onnxslim.errors import OnnxSlimError, UsageError, VerificationFailedError
+from onnxslim.errors import OnnxSlimError, OutputError, UsageError, VerificationFailedError
 from onnxslim.graph import import_model
 from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, get_pass, registry
 from onnxslim.progress import progress_disabled
@@ -96,7 +98,34 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsage(click.Group):
+    """Click's usage errors (a bad option value, an unknown option or command) as one line in our
+    format, exit 2, for every subcommand: click's own is four lines (usage, hint, blank, error)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        with _usage_errors_on_one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _usage_errors_on_one_line():  # the subcommand's arguments are parsed here
+            return super().invoke(ctx)
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # a UsageError since click 8.2
+
+
+@contextlib.contextmanager
+def _usage_errors_on_one_line() -> Iterator[None]:
+    try:
+        yield
+    except _NO_ARGS_IS_HELP:  # bare `onnxslim`: click shows the help
+        raise
+    except click.UsageError as exc:  # BadParameter, NoSuchOption, MissingParameter, ...
+        _fail(" ".join(exc.format_message().splitlines()), EXIT_USAGE)
+
+
+@click.group(cls=_OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxslim")
 def main() -> None:
     """onnxslim: optimize ONNX models (cleanup, fusion, verification)."""
@@ -131,7 +160,7 @@ _FROM_REPORT_ALLOWED = {"model", "output", "report_path", "html_path", "fail_if"
 @click.option("--verify-each", is_flag=True, help="Verify after every pass; name the first pass that breaks outputs.")
 @click.option("--tolerance", type=float, help="Verification tolerance relative to max |output| (default 1e-4 for fp32).")
 @click.option("--inputs", "inputs_file", type=click.Path(path_type=Path), help="Verify on these inputs (.npz: input name -> array).")
-@click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration data for lossy passes: .npz or a folder of .npy/.npz.")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration data for lossy passes: .npz, a folder of .npy/.npz, or a folder of images with preprocess.json.")
 @click.option("--calib-size", type=int, help="Use at most N calibration samples.")
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), help="Lossy pipelines: fail (exit 1) when an output's cosine to the original falls below this.")
 @click.option("--target", type=click.Choice(["ort", "tensorrt", "tvm"]), default="ort", show_default=True, help="Deployment target.")
@@ -177,7 +206,6 @@ def _optimize(params: dict[str, Any], config_used: dict[str, Any] | None = None)
         raise UsageError("--tolerance must be a positive number")
     if p["inputs_file"] is not None and not Path(p["inputs_file"]).is_file():
         raise UsageError(f"--inputs {p['inputs_file']}: no such file")
-    _check_report_outputs(model, report_path, html_path)
     shapes = parse_input_shapes(p.pop("input_shapes"))
     output, passes, skip = p.pop("output"), p.pop("passes"), _split(p.pop("skip"))
     options = dict(
@@ -187,15 +215,73 @@ def _optimize(params: dict[str, Any], config_used: dict[str, Any] | None = None)
         target=p.pop("target"), device=p.pop("device"), calib_data=p.pop("calib_data"), calib_size=p.pop("calib_size"),
         min_cosine=p.pop("min_cosine"), stage_values=p,
     )
+    _check_outputs(model, output, options, report_path, html_path, {"--config": (config_used or {}).get("path")})
     _run_and_finish(model, output, options, report_path, html_path, conditions, quiet, {"config": config_used})
 
 
-def _check_report_outputs(model, report_path, html_path) -> None:
-    for path in (report_path, html_path):
-        if path is not None:
-            io.check_output_path(path, [model])
+def _check_outputs(model, output, options: dict[str, Any], report_path, html_path, given: dict[str, Any]) -> None:
+    """Before any work: no output (-o or its default, --report, --html, --emit DIR) may replace a
+    file the user gave us (MODEL, the --calib-data file or anything in its folder, --inputs, and
+    ``given``: --config, --from-report) nor another output. Paths compare resolved, like the
+    -o == MODEL check: a symlink, a hard link or another spelling of a file is that file."""
+    io.check_input_file(model)  # a missing MODEL is the first thing to say
+    sources = {"the input model": model, "--calib-data": options.get("calib_data"), "--inputs": options.get("inputs_file"), **given}
+    sources = {name: Path(path) for name, path in sources.items() if path is not None}
+    outputs = {"-o" if output is not None else "the output model": output if output is not None else api.default_output(model),
+               "--report": report_path, "--html": html_path}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        io.check_output_path(path, [model])
+        for name, source in sources.items():
+            clash = _clash(path, name, source)
+            if clash:
+                raise OutputError(f"{flag} {path}: {clash}; choose another path")
+        sources[flag] = Path(path)  # the outputs after it must not land on it either
+    emit = (options.get("stage_values") or {}).get("emit")
+    for name, source in sources.items() if emit is not None else ():
+        clash = _clash(emit, name, source)
+        if not clash and not source.is_dir() and _same(source.parent, emit):  # emit writes model.onnx, emit.json, ... into DIR
+            clash = f"holds {_what(name, source)} {source}, which the emitted files could replace"
+        if clash:
+            raise OutputError(f"--emit {emit}: {clash}; choose another folder")
     if html_path is not None:
         require_matplotlib()
+
+
+def _clash(path, name: str, source: Path) -> str:
+    """How writing ``path`` would replace ``source``: 'is the --inputs file', 'is inside the
+    --calib-data folder c/', or '' when it would not."""
+    if _same(path, source):
+        return f"is {_what(name, source)}"
+    if _within(path, source):
+        return f"is inside {_what(name, source)}"
+    return ""
+
+
+def _what(name: str, source: Path) -> str:
+    """'the input model', 'the --inputs file', 'the --calib-data folder c/'."""
+    if not name.startswith("-"):
+        return name
+    return f"the {name} folder {source}" if source.is_dir() else f"the {name} file"
+
+
+def _same(a, b) -> bool:
+    """One file under two names: equal resolved paths (symlinks followed), or hard links."""
+    try:
+        a, b = Path(a).resolve(), Path(b).resolve()
+        return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except (OSError, RuntimeError):  # a symlink loop names no file
+        return False
+
+
+def _within(path, folder) -> bool:
+    """``path`` lies under the existing folder ``folder``, at any depth."""
+    try:
+        folder = Path(folder).resolve()
+        return folder.is_dir() and Path(path).resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):
+        return False
 
 
 def _run_and_finish(model, output, options: dict[str, Any], report_path, html_path, conditions, quiet: bool,
@@ -259,7 +345,8 @@ def _optimize_from_report(ctx: click.Context, params: dict[str, Any]) -> None:
     recorded = load_report(params["from_report"])
     model, options = reproduce.prepare(recorded, params["model"])
     conditions = failif.parse_conditions(params["fail_if"] or ())
-    _check_report_outputs(model, params["report_path"], params["html_path"])
+    _check_outputs(model, params["output"], options, params["report_path"], params["html_path"],
+                   {"--from-report": params["from_report"]})
     origin = {"path": str(params["from_report"]), "sha256": sha256_file(params["from_report"]),
               "output_sha256": (recorded.get("output") or {}).get("sha256")}
     report = _run_and_finish(model, params["output"], options, params["report_path"], params["html_path"], conditions,

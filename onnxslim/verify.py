@@ -8,6 +8,7 @@ integer and boolean outputs must be equal.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,9 @@ class VerificationResult:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     mode: str = "exact"  # "exact": within tolerance; "lossy": fidelity measured on held-out inputs
     fidelity: list["OutputFidelity"] = field(default_factory=list)
+    # lossy mode: what the samples are, "holdout" (calibration samples left out of calibration),
+    # "inputs" (--inputs) or "synthetic" (seeded random: no calibration samples could be held out)
+    samples_from: str = ""
 
     @property
     def ok(self) -> bool:
@@ -74,7 +78,9 @@ class VerificationResult:
                 parts.append(f"{f.name}: cosine {f.cosine:.5f}, SQNR {f.sqnr_db:.1f} dB, max abs {f.max_abs:.3g}{top1}")
             head = {"passed": "fidelity within budget", "failed": "fidelity BELOW budget", "measured": "fidelity"}[self.status]
             tail = f" ({self.reason})" if self.reason else ""
-            return f"{head} on {self.samples} held-out sample(s): " + "; ".join(parts) + tail
+            what = ("synthetic sample(s) (no calibration samples could be held out)" if self.samples_from == "synthetic"
+                    else "held-out sample(s)")
+            return f"{head} on {self.samples} {what}: " + "; ".join(parts) + tail
         worst = max(self.outputs, key=lambda o: o.max_abs / max(o.tolerance, 1e-30), default=None)
         detail = f"worst max_abs={worst.max_abs:.3g} on {worst.name!r}" if worst else ""
         head = "verification passed" if self.status == "passed" else "verification FAILED"
@@ -162,10 +168,15 @@ def synthesize_inputs(
 def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
     """Inputs from a ``.npz`` (input name -> array). One sample."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            feeds = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read inputs: {exc}") from exc
+        with open(path, "rb") as f:
+            data = np.load(f, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("not a .npz archive (input name -> array)")
+            with data:
+                feeds = {k: data[k] for k in data.files}
+    except Exception as exc:  # a damaged file raises many types (BadZipFile, EOFError, zlib.error, ...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path}: cannot read inputs: {reason}") from None
     expected = {i.name for i in _graph_inputs(model)}
     missing, extra = expected - set(feeds), set(feeds) - expected
     if missing or extra:
@@ -372,8 +383,10 @@ def fidelity(names: list[str], want: list[list[np.ndarray]], names_b: list[str],
             cos.append(_cosine(a.ravel(), b.ravel()))
             sig += float(np.sum(a * a))
             err += float(np.sum((a - b) ** 2))
-            max_abs = max(max_abs, float(np.max(np.abs(a - b)))) if a.size else max_abs
-            if a.ndim == 2 and a.shape[1] > 1 and np.asarray(w_s[i]).dtype.kind == "f":
+            if a.size:
+                worst = float(np.max(np.abs(a - b)))
+                max_abs = worst if math.isnan(worst) or math.isnan(max_abs) else max(max_abs, worst)  # NaN stays
+            if a.ndim == 2 and a.shape[1] > 1 and np.asarray(w_s[i]).dtype.kind == "f" and not _unit_rows(a):
                 agree += int(np.sum(a.argmax(1) == b.argmax(1)))
                 total += a.shape[0]
             else:
@@ -383,6 +396,11 @@ def fidelity(names: list[str], want: list[list[np.ndarray]], names_b: list[str],
         out.append(OutputFidelity(name, float(np.mean(cos)) if cos else 1.0, float(sqnr), rel, max_abs,
                                   (agree / total) if classes and total else None))
     return out
+
+
+def _unit_rows(a: np.ndarray) -> bool:
+    """Rows of L2 norm 1: normalised embeddings, not class scores (their argmax means nothing)."""
+    return bool(np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-3))
 
 
 def measure_fidelity(original: ModelSource, candidate: ModelSource, feeds_list: list[dict[str, np.ndarray]]) -> list[OutputFidelity]:

@@ -17,7 +17,9 @@ model files on disk (external data included), ``weight-bytes`` the constants in 
 ``cosine``, ``sqnr`` (dB) and ``top1`` are the worst output's fidelity measured by the lossy
 verification; ``max-abs`` is the worst output's largest absolute error (either verification);
 ``seconds`` is the run's wall time. A condition whose metric was not measured in this run (e.g.
-``cosine`` when no lossy pass ran) cannot be decided: that is a usage error, never a pass.
+``cosine`` when no lossy pass ran) cannot be decided: that is a usage error, never a pass. A
+measured NaN (a broken model) compares false with everything, so every condition on it holds:
+NaN fails the gate, whatever the operator.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Condition:
             return _flag(self.metric, report)
         value = metric_value(self.metric, report)
         shown = f"{self.metric} is {_fmt(value)}"
-        return OPERATORS[self.op](value, self.threshold), shown
+        return math.isnan(value) or OPERATORS[self.op](value, self.threshold), shown
 
 
 def parse_conditions(values: Iterable[str]) -> list[Condition]:
@@ -127,7 +129,7 @@ def _flag(flag: str, report: dict[str, Any]) -> tuple[bool, str]:
         return status in ("skipped", "off"), f"verification {status}"
     name = flag[: -len("-increased")]
     before, after = _size(name, report)
-    return after > before, f"{name} {_fmt(before)} -> {_fmt(after)}"
+    return math.isnan(before) or math.isnan(after) or after > before, f"{name} {_fmt(before)} -> {_fmt(after)}"
 
 
 def metric_value(metric: str, report: dict[str, Any]) -> float:
@@ -150,13 +152,20 @@ def metric_value(metric: str, report: dict[str, Any]) -> float:
             values = [o["max_abs"] for o in verification.get("outputs") or []]
         if not values:
             raise MetricUnavailable("--fail-if on max-abs: no output was compared")
-        return float(max(values))
+        return _worst(values, max)
     field = FIDELITY[metric]
     values = [f[field] for f in verification.get("fidelity") or [] if f.get(field) is not None]
     if verification.get("mode") != "lossy" or not values:
         raise MetricUnavailable(f"--fail-if on {metric}: no lossy pass ran, so no fidelity was measured "
                                 "(exact verification checks outputs within --tolerance instead)")
-    return float(min(values))
+    return _worst(values, min)
+
+
+def _worst(values: list[Any], pick: Callable[[list[float]], float]) -> float:
+    """``pick`` (min or max) of ``values``, or NaN when one is NaN: min() and max() return NaN or
+    skip it depending on where it stands in the list, and a NaN output must reach the gate."""
+    floats = [float(v) for v in values]
+    return math.nan if any(math.isnan(v) for v in floats) else pick(floats)
 
 
 def _fmt(value: float) -> str:

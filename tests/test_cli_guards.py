@@ -1,0 +1,243 @@
+"""Guards of `onnxslim optimize` found by an audit: outputs that would replace the user's own files,
+NaN measurements that slipped through --fail-if, click's four-line usage errors, and fidelity on
+synthetic inputs reported as held-out. Each refusal: exit 2, one line on stderr, nothing changed
+or written (the reliability catalog's checks, reused)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner, Result
+
+from onnxslim import api, cli
+from onnxslim.reporting import failif
+from onnxslim.verify import OutputFidelity
+from tests.reliability import models
+from tests.reliability.test_bad_inputs import X_SHAPE, check_rejected, error_line, snapshot
+
+
+def _invoke(*args) -> Result:
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _folder(d: Path) -> Path:
+    """model.onnx (Conv -> Relu), calibration data as c.npz and as calib/ (with a subfolder), in.npz."""
+    onnx.save_model(models.conv_model(), d / "model.onnx")
+    samples = np.random.default_rng(0).standard_normal((4, *X_SHAPE[1:])).astype(np.float32)
+    np.savez(d / "c.npz", x=samples)
+    (d / "calib" / "sub").mkdir(parents=True)
+    np.save(d / "calib" / "x.npy", samples)
+    np.savez(d / "in.npz", x=samples[:1])
+    (d / "o").mkdir()
+    return d / "model.onnx"
+
+
+# --------------------------------------------------------------------------------------------
+# 1. No output may replace a file the user gave, nor another output
+
+
+OUTPUT_CLASHES: list[tuple[str, Callable[[Path], list], str]] = [
+    ("report-is-calib-file", lambda d: ["-o", d / "o.onnx", "--calib-data", d / "c.npz", "--report", d / "c.npz"],
+     r"--report .*c\.npz: is the --calib-data file"),
+    ("output-is-calib-file", lambda d: ["-o", d / "c.npz", "--calib-data", d / "c.npz"], r"-o .*c\.npz: is the --calib-data file"),
+    ("output-inside-calib-folder", lambda d: ["-o", d / "calib" / "a.npz", "--calib-data", d / "calib"],
+     "is inside the --calib-data folder"),
+    ("report-deep-inside-calib-folder",
+     lambda d: ["-o", d / "o.onnx", "--calib-data", d / "calib", "--report", d / "calib" / "sub" / "r.json"],
+     "--report .*: is inside the --calib-data folder"),
+    ("output-is-inputs-file", lambda d: ["-o", d / "in.npz", "--inputs", d / "in.npz"], "is the --inputs file"),
+    ("report-is-output", lambda d: ["-o", d / "o" / "x.onnx", "--report", d / "o" / "x.onnx"], r"--report .*x\.onnx: is the -o file"),
+    ("report-is-output-other-spelling", lambda d: ["-o", d / "o" / "x.onnx", "--report", d / "o" / ".." / "o" / "x.onnx"],
+     "is the -o file"),
+    ("html-is-report", lambda d: ["-o", d / "o.onnx", "--report", d / "r.json", "--html", d / "r.json"], "--html .*: is the --report file"),
+    ("report-is-symlink-to-calib",
+     lambda d: ["-o", d / "o.onnx", "--calib-data", d / "c.npz", "--report", _link(d, "c.npz", "alias.json")], "is the --calib-data file"),
+    ("report-is-hard-link-to-inputs",
+     lambda d: ["-o", d / "o.onnx", "--inputs", d / "in.npz", "--report", _link(d, "in.npz", "hard.json", hard=True)],
+     "is the --inputs file"),
+    ("report-is-default-output", lambda d: ["--report", d / "model.opt.onnx"], "is the output model"),
+    ("report-is-config", lambda d: ["-o", d / "o.onnx", "--config", _config(d), "--report", d / "onnxslim.toml"], "is the --config file"),
+    ("emit-is-calib-folder", lambda d: ["-o", d / "o.onnx", "--calib-data", d / "calib", "--emit", d / "calib"],
+     "--emit .*: is the --calib-data folder"),
+    ("emit-inside-calib-folder", lambda d: ["-o", d / "o.onnx", "--calib-data", d / "calib", "--emit", d / "calib" / "out"],
+     "--emit .*: is inside the --calib-data folder"),
+    ("emit-holds-the-model", lambda d: ["-o", d / "o" / "x.onnx", "--emit", d], "--emit .*: holds the input model"),
+    ("emit-holds-the-output", lambda d: ["-o", d / "o" / "x.onnx", "--emit", d / "o"], "--emit .*: holds the -o file"),
+]
+
+
+def _link(d: Path, target: str, name: str, hard: bool = False) -> Path:
+    (os.link if hard else os.symlink)(d / target, d / name)
+    return d / name
+
+
+def _config(d: Path) -> Path:
+    (d / "onnxslim.toml").write_text("[optimize]\nseed = 0\n")
+    return d / "onnxslim.toml"
+
+
+@pytest.mark.parametrize("build, message", [(b, m) for _, b, m in OUTPUT_CLASHES], ids=[i for i, _, _ in OUTPUT_CLASHES])
+def test_output_never_replaces_a_user_file_or_another_output(tmp_path, build, message):
+    model = _folder(tmp_path)
+    args = [model, *build(tmp_path)]
+    before = snapshot(tmp_path)
+    result = _invoke("optimize", *args)  # no -o added: the default output is one of the cases
+    assert result.exit_code == 2, result.output
+    assert re.search(message, error_line(result.stderr)), result.stderr
+    assert result.stdout == "" and snapshot(tmp_path) == before, "a user file changed, or an output was written"
+
+
+def test_from_report_file_is_not_an_output(tmp_path):
+    model = _folder(tmp_path)
+    assert _invoke("optimize", model, "-o", tmp_path / "a.onnx", "--report", tmp_path / "r.json", "-q").exit_code == 0
+    check_rejected(tmp_path, ["--from-report", tmp_path / "r.json", "-o", tmp_path / "b.onnx", "--report", tmp_path / "r.json"],
+                   "--report .*: is the --from-report file")
+
+
+def test_distinct_outputs_beside_the_calibration_data_are_fine(tmp_path):
+    model = _folder(tmp_path)
+    result = _invoke("optimize", model, "-o", tmp_path / "o" / "x.onnx", "--calib-data", tmp_path / "calib", "--quantize", "int8",
+                     "--inputs", tmp_path / "in.npz", "--report", tmp_path / "o" / "r.json", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "r.json").read_text())["output"]["path"].endswith("x.onnx")
+
+
+# --------------------------------------------------------------------------------------------
+# 2. A NaN measurement fails every --fail-if condition on it
+
+
+def _lossy_report(rows: list[dict], after: dict | None = None) -> dict:
+    stats = {"nodes": 2, "parameters": 108, "constant_bytes": 432, "macs": 6912}
+    return {"verification": {"status": "measured", "mode": "lossy", "fidelity": rows},
+            "stats": {"before": stats, "after": {**stats, **(after or {})}}, "seconds": {"total": 0.1}}
+
+
+NAN_ROW = {"name": "y", "cosine": math.nan, "sqnr_db": math.nan, "rel_l2": math.nan, "max_abs": math.nan, "top1_agreement": math.nan}
+GOOD_ROW = {"name": "z", "cosine": 0.9999, "sqnr_db": 40.0, "rel_l2": 0.01, "max_abs": 0.001, "top1_agreement": 1.0}
+
+
+@pytest.mark.parametrize("condition", ["cosine<0.99", "cosine<=0.99", "cosine==0", "sqnr<20", "sqnr>1000", "top1<0.9",
+                                       "max-abs>0.1", "max-abs>=1"])
+@pytest.mark.parametrize("order", ["nan-first", "nan-last"])
+def test_fail_if_holds_on_a_nan_measurement(condition, order):
+    rows = [NAN_ROW, GOOD_ROW] if order == "nan-first" else [GOOD_ROW, NAN_ROW]
+    [row] = failif.evaluate(failif.parse_conditions([condition]), _lossy_report(rows))
+    assert row["holds"] and "nan" in row["value"], row
+
+
+@pytest.mark.parametrize("condition", ["macs<1", "macs-reduction<0.2", "macs-increased"])
+def test_fail_if_holds_on_a_nan_size(condition):
+    [row] = failif.evaluate(failif.parse_conditions([condition]), _lossy_report([GOOD_ROW], after={"macs": math.nan}))
+    assert row["holds"], row
+
+
+def _broken_fidelity(original, candidate, feeds) -> list[OutputFidelity]:
+    """What a model that computes NaN measures like; a healthy output listed first."""
+    return [OutputFidelity("healthy", 0.9999, 40.0, 0.01, 0.001), OutputFidelity("y", math.nan, math.nan, math.nan, math.nan)]
+
+
+@pytest.mark.parametrize("gate, message", [(["--fail-if", "cosine<0.99"], "--fail-if: cosine<0.99 (cosine is nan) holds"),
+                                           (["--min-cosine", "0.5"], "fidelity BELOW budget")], ids=["fail-if", "min-cosine"])
+def test_nan_cosine_fails_the_run(tmp_path, monkeypatch, gate, message):
+    model = _folder(tmp_path)
+    monkeypatch.setattr(api, "measure_fidelity", _broken_fidelity)
+    result = _invoke("optimize", model, "-o", tmp_path / "o.onnx", "--quantize", "int8", "--calib-data", tmp_path / "c.npz", *gate, "-q")
+    assert result.exit_code == 1, result.output
+    line = error_line(result.stderr)
+    assert message in line and "nan" in line, line
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Click's usage errors: one line in our format, exit 2, for every subcommand
+
+
+USAGE_ERRORS = [
+    (["optimize", "{model}", "--calib-method", "foo"], "'--calib-method': 'foo' is not one of"),
+    (["optimize", "{model}", "--calib-size", "abc"], "'--calib-size': 'abc' is not a valid integer"),
+    (["optimize", "{model}", "--target", "foo"], "'--target': 'foo' is not one of"),
+    (["optimize", "{model}", "--device", "gpu"], "'--device': 'gpu' is not one of"),
+    (["optimize", "{model}", "--quantize", "int4"], "'--quantize': 'int4'"),
+    (["optimize", "{model}", "--calib-percentile", "abc"], "'--calib-percentile': 'abc' is not a valid float"),
+    (["optimize", "{model}", "--no-such-option"], "No such option '--no-such-option'"),
+    (["inspect"], "Missing argument 'MODEL'"),
+    (["verify", "{model}", "{model}", "--samples", "0"], "'--samples': 0 is not in the range"),
+    (["report", "r.json"], "Missing option '--html'"),
+    (["passes", "--bogus"], "No such option '--bogus'"),
+    (["lint-trt", "{model}", "--json"], "'--json' requires an argument"),
+    (["--bogus"], "No such option '--bogus'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("args, message", USAGE_ERRORS, ids=[" ".join(a).replace("{model}", "M") for a, _ in USAGE_ERRORS])
+def test_click_usage_error_is_one_line(tmp_path, args, message):
+    model = _folder(tmp_path)
+    before = snapshot(tmp_path)
+    result = _invoke(*(a.format(model=model) for a in args))
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert error_line(result.stderr).startswith("onnxslim: error: ") and message in result.stderr, result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_click_usage_error_in_a_real_process(tmp_path):
+    model = _folder(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "onnxslim.cli", "optimize", str(model), "--calib-method", "foo"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("onnxslim: error: Invalid value for '--calib-method'"), proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["optimize", "--help"], ["verify", "-h"], ["--version"]])
+def test_help_and_version_still_work(args):
+    result = _invoke(*args)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert ("Usage:" in result.stdout) != (args == ["--version"]), result.stdout
+
+
+def test_bare_command_still_shows_click_help():
+    result = _invoke()
+    assert "Usage: " in result.output and "Commands:" in result.output and "onnxslim: error" not in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Fidelity on synthetic inputs says so (summary line, report, one warning)
+
+
+def _quantize(tmp_path: Path, samples: int) -> tuple[Result, dict]:
+    model = _folder(tmp_path)
+    np.savez(tmp_path / "few.npz", x=np.random.default_rng(1).standard_normal((samples, *X_SHAPE[1:])).astype(np.float32))
+    before = snapshot(tmp_path)
+    result = _invoke("optimize", model, "-o", tmp_path / "o" / "q.onnx", "--quantize", "int8", "--calib-data", tmp_path / "few.npz",
+                     "--report", tmp_path / "o" / "r.json")
+    assert result.exit_code == 0, result.output
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("o/")} == {k: v for k, v in before.items() if not k.startswith("o/")}
+    return result, json.loads((tmp_path / "o" / "r.json").read_text())["verification"]
+
+
+def test_too_few_calibration_samples_fidelity_is_labelled_synthetic(tmp_path):
+    result, verification = _quantize(tmp_path, 3)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("fidelity"))
+    assert line.startswith("fidelity on 8 synthetic sample(s) (no calibration samples could be held out): "), line
+    assert "held-out" not in result.stdout
+    assert verification["samples_from"] == "synthetic" and verification["samples"] == 8
+    warnings = [w for w in result.stderr.splitlines() if "synthetic" in w]
+    assert len(warnings) == 1 and "3 calibration sample(s) are too few" in warnings[0], result.stderr
+
+
+def test_enough_calibration_samples_fidelity_is_held_out(tmp_path):
+    result, verification = _quantize(tmp_path, 20)
+    assert "fidelity on 4 held-out sample(s): " in result.stdout, result.stdout
+    assert verification["samples_from"] == "holdout" and "synthetic" not in result.stderr
