@@ -182,7 +182,7 @@ class _Folder:
             mm.outputs[0] = y
             return "into_gemm"
         attrs = {"broadcast": 1} if self.opset < 7 else {}
-        gemm = gs.Node("Gemm", name=self.scope.fresh(mm.name or "gemm"), attrs=attrs, inputs=[a, w_const, c_const], outputs=[y])
+        gemm = gs.Node("Gemm", name=mm.name or self.scope.fresh("gemm"), attrs=attrs, inputs=[a, w_const, c_const], outputs=[y])
         detach(mm)
         self.graph.nodes.append(gemm)
         self.local.add(id(gemm))

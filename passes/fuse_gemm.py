@@ -55,7 +55,7 @@ class FuseGemm(Pass):
             detach(add)
             detach(mm)
             attrs = {"broadcast": 1} if legacy_broadcast else {}
-            gemm = gs.Node("Gemm", name=scope.fresh(mm.name or "gemm"), attrs=attrs, inputs=[a, b, c], outputs=[out])
+            gemm = gs.Node("Gemm", name=mm.name or scope.fresh("gemm"), attrs=attrs, inputs=[a, b, c], outputs=[out])
             graph.nodes.append(gemm)
             fused += 1
         return PassResult(changed=fused > 0, counters={"fused": fused} if fused else {})

@@ -43,10 +43,10 @@ from onnxslim.quantization.emit import Emitter, QParams, activation_params
 from onnxslim.quantization.histogram import TensorStats
 from onnxslim.quantization.methods import effective_method, select_range
 from onnxslim.quantization.moments import MomentObserver, plan_layouts
-from onnxslim.quantization.options import QuantOptions
-from onnxslim.quantization.plan import QuantPlan, exclusion_matcher, make_plan
+from onnxslim.quantization.options import QuantOptions, compile_pattern
+from onnxslim.quantization.plan import QuantPlan, exclusion_matcher, make_plan, unmatched_exclusions
 from onnxslim.quantization.rounding import WeightRounder
-from onnxslim.quantization.rules import PlacementRules, rules_for
+from onnxslim.quantization.rules import FOLDABLE_ACTIVATIONS, PlacementRules, rules_for
 from onnxslim.quantization.sensitivity import FidelityProbe, find_fallback
 
 logger = logging.getLogger(__name__)
@@ -84,10 +84,16 @@ class InsertQdq(Pass):
         rules = rules_for(ctx.target, ctx.device).with_extra_ops(opts.extra_ops)
         raised = _raise_opset_for_per_channel(graph, rules)
         _name_nodes(graph)
+        aliases = _aliases(graph)
+        _check_patterns(graph, opts, aliases)
         excluded = exclusion_matcher(opts.exclude)
         plan = make_plan(graph, rules, excluded)
         if not plan.layers:
-            ctx.decline(self.name, where="graph", reason="no quantizable layer (float32 Conv/Gemm/MatMul) found")
+            reason = "no quantizable layer (float32 Conv/Gemm/MatMul) found"
+            if plan.skipped:
+                reason = f"every quantizable layer is left in float ({_why(plan.skipped)})"
+            logger.warning("insert_qdq: nothing quantized: %s", reason)
+            ctx.decline(self.name, where="graph", reason=reason)
             return PassResult(raised, {"int8_layers": 0, "opset_raised_to_13": int(raised)})
         reference = export_model(graph.copy())
         # Decoding the graph's (lazily loaded) weights is model loading, which weight quantization
@@ -98,7 +104,7 @@ class InsertQdq(Pass):
         calibration = _calibration_set(ctx, reference, opts)
         rider, make_rounder = _weight_rounding(graph, plan, calibration, opts) or (None, None)
         stats, samples = collect_stats(reference, observed, calibration, bins=opts.bins,
-                                       histogram=_needs_histogram(graph, observed, opts),
+                                       histogram=_needs_histogram(observed, plan, opts, aliases),
                                        batch_size=opts.batch_size, progress=opts.progress,
                                        sample_cap=opts.histogram_sample, riders=[rider] if rider else [],
                                        weights=weights)
@@ -106,7 +112,7 @@ class InsertQdq(Pass):
         rounder = make_rounder() if make_rounder else None
         rounding_samples, moments_seconds = (rider.seen, rider.seconds) if rider else (0, 0.0)
         ranges_start = time.perf_counter()
-        ranges = _RangeBook(graph, stats, plan, rules, opts)
+        ranges = _RangeBook(stats, plan, rules, opts, aliases)
         for members in plan.groups().values():
             ranges.group_range(members)  # the method's range search is part of calibration (results are cached)
         calib_seconds = time.perf_counter() - start
@@ -136,8 +142,16 @@ class InsertQdq(Pass):
             if fallback:
                 chosen = set(fallback)
                 plan = make_plan(graph, rules, lambda n: excluded(n) or n.name in chosen)
+                for row in plan.skipped:
+                    if row["layer"] in chosen and row["reason"] == "excluded":
+                        row["reason"] = f"fallback: among the most sensitive layers for {opts.max_error}"
+                if not plan.layers:
+                    logger.warning("insert_qdq: every int8 layer fell back to float for %s: the output is the float model",
+                                   opts.max_error)
 
         params = ranges.params(plan)
+        if not rules.float_layers_read_per_axis_dq:
+            _warn_ineffective_exclusions(graph, plan, excluded)
         emitter = Emitter(graph, plan, params, rules, not opts.keep_activations, rounder)
         counters = emitter.emit()
         for note in emitter.notes:
@@ -189,7 +203,7 @@ def _observation_set(graph: gs.Graph, rules: PlacementRules, excluded, plan: Qua
     """Tensors to calibrate: the plan's, plus (with a budget) those any single-layer plan needs."""
     names = dict.fromkeys(plan.observed)
     if opts.max_error is not None:
-        layers = [n for n, kind in plan.layers.items() if kind != "move"]
+        layers = [n for n, kind in plan.layers.items() if kind == "compute"]
         for layer in layers:
             sub = make_plan(graph, rules, lambda n, keep=layer: excluded(n) or (n.name in plan.layers and n.name != keep))
             names.update(dict.fromkeys(sub.observed))
@@ -210,20 +224,90 @@ def _weight_rounding(graph: gs.Graph, plan: QuantPlan, calibration: CalibrationS
     return rider, lambda: WeightRounder(observer.moments(), gptq, correct)
 
 
-def _needs_histogram(graph: gs.Graph, observed: list[str], opts: QuantOptions) -> set[str]:
-    producers = {t.name: (t.inputs[0].name if t.inputs else "") for t in graph.tensors().values()}
-    out = set()
-    for name in observed:
-        if _method(opts, name, producers.get(name, "")).name != "minmax":
-            out.add(name)
+def _needs_histogram(observed: list[str], plan: QuantPlan, opts: QuantOptions, aliases: dict) -> set[str]:
+    """Observed tensors whose range a histogram method sets: by their own method, or by that of a
+    tensor sharing their scale (an override on any member decides its group's method)."""
+    def method(name: str):
+        return _method(opts, aliases.get(name, (name,)))
+
+    out = {name for name in observed if method(name).name != "minmax"}
+    for members in plan.groups().values():
+        if any(method(m).name != "minmax" for m in members):
+            for m in members:
+                seen: set[str] = set()
+                while m not in seen:  # the member and the tensors it derives its values from
+                    seen.add(m)
+                    out.add(m)
+                    m = plan.derived.get(m, m)
+    return out & set(observed)
+
+
+def _method(opts: QuantOptions, names: tuple[str, ...]):
+    """The method of the first override matching any of ``names`` (a tensor's :func:`_aliases`)."""
+    for o in opts.overrides:
+        if any(o.matches(n) for n in names):
+            return o.method
+    return opts.method
+
+
+def _aliases(graph: gs.Graph) -> dict[str, tuple[str, ...]]:
+    """The names a --calib-override may give a tensor: the tensor, its producer node and, back
+    through the ReLU/Clip nodes its quantization folds (``Conv -> Relu -> Q``), the tensors and
+    nodes before them: ``conv1=minmax`` reaches the Q that follows conv1's folded ReLU."""
+    out = {}
+    for name, tensor in graph.tensors().items():
+        names, t = [name], tensor
+        while t.inputs:
+            node = t.inputs[0]
+            names.append(node.name)
+            if node.op not in FOLDABLE_ACTIVATIONS or not node.inputs or len(node.inputs[0].outputs) != 1:
+                break
+            t = node.inputs[0]
+            names.append(t.name)
+        out[name] = tuple(dict.fromkeys(n for n in names if n))
     return out
 
 
-def _method(opts: QuantOptions, tensor: str, producer: str):
+def _check_patterns(graph: gs.Graph, opts: QuantOptions, aliases: dict) -> None:
+    """--exclude and --calib-override patterns that match nothing: a typo when the pattern is not
+    even a valid regex (UsageError), else a warning (cleanup may have fused the node it names)."""
+    for p in unmatched_exclusions(opts.exclude, graph):
+        if compile_pattern(p) is None:
+            raise UsageError(f"--exclude {p!r}: no node has this name or op type, and it is not a valid regex")
+        logger.warning("insert_qdq: --exclude %r matches no node name or op type of the graph being quantized "
+                       "(cleanup may have fused it: e.g. MatMul+Add become a Gemm named after the MatMul)", p)
+    names = {n for names in aliases.values() for n in names}
     for o in opts.overrides:
-        if o.matches(tensor) or (producer and o.matches(producer)):
-            return o.method
-    return opts.method
+        if not any(o.matches(n) for n in names):
+            if compile_pattern(o.pattern) is None:
+                raise UsageError(f"--calib-override {o.pattern!r}: no tensor or node has this name, "
+                                 "and it is not a valid regex")
+            logger.warning("insert_qdq: --calib-override %r matches no tensor or node of the graph being quantized",
+                           o.pattern)
+
+
+def _why(skipped: list[dict]) -> str:
+    reasons: dict[str, int] = {}
+    for row in skipped:
+        key = "excluded" if row["reason"] == "excluded" else "too small to gain"
+        reasons[key] = reasons.get(key, 0) + 1
+    return ", ".join(f"{n} {why}" for why, n in reasons.items())
+
+
+def _warn_ineffective_exclusions(graph: gs.Graph, plan: QuantPlan, excluded) -> None:
+    """An excluded node without weights whose inputs and output are all quantized for its int8
+    neighbours still sits between Q/DQ pairs, which a backend may fuse (TensorRT does; for
+    onnxruntime the emitter gives such nodes per-axis DQ inputs, which it does not fuse): say so,
+    since --exclude promised float."""
+    for node in graph.nodes:
+        if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not excluded(node):
+            continue
+        ins = [t for t in node.inputs if t.name and not isinstance(t, gs.Constant)]
+        outs = [t for t in node.outputs if t.name]
+        if ins and outs and all(t.name in plan.all_readers for t in ins) and all(t.name in plan.tensors for t in outs):
+            logger.warning("insert_qdq: --exclude %s (%s): its inputs and output stay quantized for the int8 layers "
+                           "around it, so a backend may still fuse it into int8; exclude those layers to keep it float",
+                           node.name, node.op)
 
 
 def _weight_arrays(graph: gs.Graph) -> dict[str, np.ndarray]:
@@ -252,16 +336,19 @@ def _holdout(ctx: PassContext, reference: onnx.ModelProto) -> list[dict]:
     return list(synthetic(reference, 8, seed=seed).samples())
 
 
+HUGE = 1e30  # ranges beyond this hold masks/sentinels (e.g. float32 min in attention masks), not data
+
+
 class _RangeBook:
     """Ranges and quantization parameters per shared-scale group, from calibration statistics."""
 
-    def __init__(self, graph: gs.Graph, stats: dict[str, TensorStats], plan: QuantPlan, rules: PlacementRules,
-                 opts: QuantOptions):
+    def __init__(self, stats: dict[str, TensorStats], plan: QuantPlan, rules: PlacementRules, opts: QuantOptions,
+                 aliases: dict[str, tuple[str, ...]]):
         self.stats = stats
         self.rules = rules
         self.opts = opts
         self.derived = dict(plan.derived)
-        self.producers = {t.name: (t.inputs[0].name if t.inputs else "") for t in graph.tensors().values()}
+        self.aliases = aliases
         self._cache: dict[tuple[str, ...], tuple] = {}
 
     def _source_stats(self, name: str) -> TensorStats | None:
@@ -286,7 +373,7 @@ class _RangeBook:
         return self._cache[key]
 
     def _method(self, tensor: str):
-        return _method(self.opts, tensor, self.producers.get(tensor, ""))
+        return _method(self.opts, self.aliases.get(tensor, (tensor,)))
 
     def params(self, plan: QuantPlan) -> dict[int, QParams]:
         out: dict[int, QParams] = {}
@@ -296,6 +383,9 @@ class _RangeBook:
                 for m in members:  # nothing observed: leave these tensors in float
                     plan.tensors.pop(m, None)
                 continue
+            if max(abs(rng[0]), abs(rng[1])) >= HUGE:
+                logger.warning("insert_qdq: %s spans [%.3g, %.3g] (a mask or sentinel value?): int8 keeps no resolution "
+                               "of its real values; keep its readers in float (--exclude)", members[0], rng[0], rng[1])
             out[gid] = activation_params(rng[0], rng[1], self.rules.activation_dtype, self.rules.symmetric_activations)
         return out
 

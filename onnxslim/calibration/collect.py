@@ -133,7 +133,7 @@ class ActivationCollector:
         self.names = list(dict.fromkeys(tensor_names))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = optimization_level
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # a failing run raises; its error is reported once, by the caller
         opts.intra_op_num_threads = threads or usable_cores()
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

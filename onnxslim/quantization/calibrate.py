@@ -26,6 +26,7 @@ import onnxruntime as ort
 from onnxslim.calibration import ActivationCollector, CalibrationSet
 from onnxslim.calibration.data import batch_rows
 from onnxslim.cpu import usable_cores
+from onnxslim.errors import UsageError
 from onnxslim.progress import ProgressBar
 from onnxslim.quantization.histogram import TensorStats
 
@@ -106,14 +107,18 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
     order = _Turns()
     failed = threading.Event()  # after a failure, lanes still in flight give their turns up unobserved
 
-    def process(index: int, feeds) -> int:
-        """Run batch ``index``, then wait for its turn and observe it (the turn passes on, even on failure)."""
+    def process(index: int, first: int, feeds) -> int:
+        """Run batch ``index`` (samples from ``first``), then wait for its turn and observe it (the
+        turn passes on, even on failure)."""
         rows = batch_rows(feeds)
         try:
             values = None if failed.is_set() else collector.run(feeds)
-        except BaseException:
+        except BaseException as exc:
             failed.set()
             order.skip(index)
+            if type(exc).__module__.startswith("onnxruntime"):  # the model cannot run on these samples
+                raise UsageError(f"calibration: onnxruntime cannot run the model on samples {first}-{first + rows - 1} "
+                                 f"(out-of-range values in the calibration data?): {ort_message(exc)}") from None
             raise
         with order.turn(index):
             if failed.is_set():
@@ -126,7 +131,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         return rows
 
     start = time.perf_counter()
-    seen = 0
+    seen = first = 0
     with bar, ThreadPoolExecutor(lanes, "calibration") as pool:  # the bar is closed on errors too
         in_flight: deque[Future] = deque()
         try:
@@ -140,7 +145,8 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
                     continue
                 if len(in_flight) == lanes:  # memory stays at ``lanes`` batches of activations
                     seen += in_flight.popleft().result()
-                in_flight.append(pool.submit(process, index, feeds))
+                in_flight.append(pool.submit(process, index, first, feeds))
+                first += batch_rows(feeds)
             while in_flight:
                 seen += in_flight.popleft().result()
         finally:
@@ -152,6 +158,14 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
 
 
 LANES = 2  # batches in flight when statistics overlap inference
+
+
+def ort_message(exc: BaseException) -> str:
+    """onnxruntime's error without its ``[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :`` prefix, first line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if text.startswith("[ONNXRuntimeError]"):
+        text = text.split(" : ", 3)[-1]
+    return text[:300]
 
 
 class _Turns:

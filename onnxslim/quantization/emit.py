@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 from onnxslim.graph import NameScope, constant_value, is_graph_output, opset
 from onnxslim.quantization.plan import QuantPlan, WeightSpec
 from onnxslim.quantization.rounding import RoundedWeight, bias_site
-from onnxslim.quantization.rules import PlacementRules
+from onnxslim.quantization.rules import FOLDABLE_ACTIVATIONS, PlacementRules
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class Emitter:
         self.notes: list[dict[str, str]] = []
         self.rounding_rows: list[dict] = []  # report rows: per layer, GPTQ or nearest codes and the bias shift
         self._group_constants: dict[int, tuple[gs.Constant, gs.Constant]] = {}
+        self.left_float = {row["layer"] for row in plan.skipped}  # excluded or fallen-back layers
 
     def emit(self) -> dict[str, int]:
         slots = [(n, i, t) for n, i, t in self.plan.slots if self.plan.tensors.get(t) in self.params]
@@ -163,21 +164,34 @@ class Emitter:
         self.graph.nodes.extend([q, dq])
         per_axis = None
         for node, slot in targets:
-            if self._float_weighted_layer(node, slot):
+            if self._float_reader_fused_by_ort(node, slot):
                 per_axis = per_axis or self._per_axis_copy(quantized, tensor, params)
                 node.inputs[slot] = per_axis or dequantized
             else:
                 node.inputs[slot] = dequantized
         self.counters["qdq_pairs"] += 1
 
-    def _float_weighted_layer(self, node: gs.Node, slot: int) -> bool:
-        """A Conv/ConvTranspose/Gemm the plan leaves in float, reading an activation onnxruntime would quantize."""
-        if not self.rules.float_layers_read_per_axis_dq or slot != 0 or node.name in self.plan.layers:
+    def _float_reader_fused_by_ort(self, node: gs.Node, slot: int) -> bool:
+        """A reader the plan leaves in float that onnxruntime would still run in int8 behind a
+        per-tensor DQ: a Conv/ConvTranspose/Gemm with float weights (it quantizes them itself), or
+        an excluded op whose output is quantized again (``DQ -> Add -> Q`` becomes a QLinearAdd).
+        Neither pattern takes a per-axis DQ, so such readers get one."""
+        if not self.rules.float_layers_read_per_axis_dq or node.name in self.plan.layers:
             return False
-        if node.op not in ("Conv", "ConvTranspose", "Gemm") or len(node.inputs) < 2:
-            return False
-        w = constant_value(node.inputs[1])
-        return w is not None and w.dtype == np.float32
+        if node.op in ("Conv", "ConvTranspose", "Gemm"):
+            if slot != 0 or len(node.inputs) < 2:
+                return False
+            w = constant_value(node.inputs[1])
+            return w is not None and w.dtype == np.float32
+        return node.name in self.left_float and any(self._quantized_later(t) for t in node.outputs)
+
+    def _quantized_later(self, tensor: gs.Tensor) -> bool:
+        """Whether ``tensor``, or the end of the ReLU/Clip chain it feeds, gets a Q/DQ pair."""
+        while tensor.name not in self.plan.tensors:
+            if len(tensor.outputs) != 1 or tensor.outputs[0].op not in FOLDABLE_ACTIVATIONS:
+                return False
+            tensor = tensor.outputs[0].outputs[0]
+        return True
 
     def _per_axis_copy(self, quantized: gs.Variable, tensor: gs.Tensor, params: QParams) -> gs.Variable | None:
         """DequantizeLinear of ``quantized`` with the group's scale repeated along axis 1 (needs opset 13, static C)."""

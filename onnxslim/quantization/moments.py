@@ -135,7 +135,10 @@ class InputMoments:
         self.outer = np.zeros((g, d, d), np.float64) if outer else None
 
     def update(self, x: np.ndarray, per_sample: int) -> None:
-        x = np.asarray(x, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN inputs: round_weight then skips the layer
+            self._update(np.asarray(x, dtype=np.float32), per_sample)
+
+    def _update(self, x: np.ndarray, per_sample: int) -> None:
         if self.outer is None and self.layout.kernel:  # the mean alone: every position, no patches built
             count, total = self.layout.patch_sums(x)
             self.count += count

@@ -38,10 +38,8 @@ class Override:
     def matches(self, name: str) -> bool:
         if name == self.pattern:
             return True
-        try:
-            return re.fullmatch(self.pattern, name) is not None
-        except re.error:
-            return False
+        regex = compile_pattern(self.pattern)
+        return regex is not None and regex.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -112,11 +110,34 @@ class QuantOptions:
 
 
 def split_list(values: str | Iterable[str] | None) -> list[str]:
-    """Comma-separated and/or repeated values, flattened; empty items dropped."""
+    """Comma-separated and/or repeated values, flattened; empty items dropped. A comma inside
+    brackets, braces or parentheses does not split: ``conv[0-9]{1,2}`` stays one regex."""
     if values is None:
         return []
     items = [values] if isinstance(values, str) else list(values)
-    return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+    return [p.strip() for item in items for p in _top_level_split(str(item)) if p.strip()]
+
+
+def _top_level_split(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def compile_pattern(pattern: str) -> re.Pattern | None:
+    """The regex of a name-or-regex pattern, or None when it is not a valid regex (a literal name)."""
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None
 
 
 def parse_percentile(value: Any) -> float:
@@ -148,6 +169,7 @@ def parse_override(text: str, percentile: float = 99.99) -> Override:
 
 
 ROUNDINGS = ("nearest", "gptq")
+MIN_BINS = 512  # the histogram of |x| then has >= 512 bins, twice the 256 int8 levels
 
 
 def parse_rounding(value: Any) -> str:
@@ -159,8 +181,10 @@ def parse_rounding(value: Any) -> str:
 
 def parse_bins(value: Any) -> int:
     bins = parse_positive(value, "--calib-bins")
-    if not 128 <= bins <= 65536:
-        raise UsageError(f"--calib-bins: expected 128..65536, got {bins}")
+    if not MIN_BINS <= bins <= 65536:
+        # entropy compares candidate ranges of more bins than the 256 int8 levels; with fewer it
+        # has nothing to choose from and silently gives the min/max range
+        raise UsageError(f"--calib-bins: expected {MIN_BINS}..65536, got {bins}")
     return bins
 
 

@@ -19,7 +19,6 @@ Q/DQ pair between the conv and the ReLU.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -27,6 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.graph import constant_value, is_constant, opset
+from onnxslim.quantization.options import compile_pattern
 from onnxslim.quantization.rules import COMPUTE_OPS, FOLDABLE_ACTIVATIONS, FLOAT_BY_DEFAULT, PlacementRules
 
 
@@ -79,19 +79,19 @@ class _UnionFind:
 
 def exclusion_matcher(patterns: Iterable[str]) -> Callable[[gs.Node], bool]:
     """A predicate true for nodes named, typed, or fully matched (regex) by any pattern."""
-    names, ops, regexes = set(), set(), []
-    for p in patterns:
-        names.add(p)
-        ops.add(p)
-        try:
-            regexes.append(re.compile(p))
-        except re.error:
-            pass
+    names = set(patterns)
+    regexes = [r for r in map(compile_pattern, names) if r is not None]
 
     def excluded(node: gs.Node) -> bool:
-        return node.name in names or node.op in ops or any(r.fullmatch(node.name or "") for r in regexes)
+        return node.name in names or node.op in names or any(r.fullmatch(node.name or "") for r in regexes)
 
     return excluded
+
+
+def unmatched_exclusions(patterns: Iterable[str], graph: gs.Graph) -> list[str]:
+    """The patterns of ``patterns`` that name, type or match no node of ``graph``."""
+    nodes = [n for n in graph.nodes]
+    return [p for p in patterns if not any(exclusion_matcher([p])(n) for n in nodes)]
 
 
 def _is_float(t: gs.Tensor) -> bool:

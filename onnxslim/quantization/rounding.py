@@ -22,6 +22,7 @@ Gemm, and MatMul with a constant 2-D second input.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ import onnx_graphsurgeon as gs
 
 from onnxslim.graph import constant_value
 from onnxslim.quantization.moments import InputMoments
+
+logger = logging.getLogger(__name__)
 
 QMAX = 127
 BLOCK = 128  # columns per lazy-update block
@@ -148,6 +151,11 @@ def round_weight(node: gs.Node, w: np.ndarray, scale: np.ndarray, axis: int | No
                  use_gptq: bool, bias_correction: bool, damp: float = 0.01) -> RoundedWeight | None:
     """GPTQ codes and/or a bias shift for one weight; None when neither applies (round to nearest)."""
     if moments is None or moments.count == 0:
+        return None
+    if not np.isfinite(moments.mean).all() or (moments.second is not None and not np.isfinite(moments.second).all()):
+        # inputs that overflowed to inf/NaN on some sample: no data-aware rounding beats nearest then
+        logger.warning("insert_qdq: %s: its calibration inputs hold inf/NaN; weights rounded to nearest, bias not corrected",
+                       node.name)
         return None
     groups = moments.layout.groups
     rows, back = _as_rows(node, np.asarray(w, np.float32), groups)

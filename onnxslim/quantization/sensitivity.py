@@ -2,7 +2,7 @@
 
 1. The fully quantized model is measured on held-out samples (worst output's cosine and SQNR);
    if it meets the budget, nothing falls back.
-2. Otherwise each int8 layer is measured alone (only that layer quantized, everything else float):
+2. Otherwise each int8 layer with weights is measured alone (only that layer quantized, everything else float):
    its sensitivity is the output error it causes by itself.
 3. Layers fall back to float, most sensitive first: k = 1, 2, 4, ... until the budget holds, then
    a binary search finds the smallest such k. Each candidate is a real model run in onnxruntime.
@@ -69,7 +69,9 @@ def find_fallback(build: Builder, layers: dict[str, str], probe: FidelityProbe, 
     full = probe.score(build(frozenset()))
     if full.meets(budget):
         return FallbackResult([], [], full, full, True)
-    candidates = [name for name, kind in layers.items() if kind != "move"]
+    # Only layers with weights: an elementwise or data-movement op alone between float layers is
+    # not quantized at all (nothing int8 reads it), so measuring it "alone" measures the float model.
+    candidates = [name for name, kind in layers.items() if kind == "compute"]
     scores: dict[str, Score] = {}
     for name in candidates:
         others = frozenset(n for n in candidates if n != name)

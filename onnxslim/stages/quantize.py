@@ -55,7 +55,8 @@ class QuantizeStage(Stage):
                          help="--quantize: samples per calibration inference; two run at once (scales do not depend on it; default 2)."),
             click.Option(["--quant-exclude", "--exclude", "quant_exclude"], multiple=True, metavar="NAME|OP|REGEX",
                          help="--quantize: keep these nodes in float: node name, op type or regex over node names "
-                              "(repeatable, or comma-separated)."),
+                              "(repeatable, or comma-separated; a fused node keeps the name of its "
+                              "MatMul/Conv)."),
             click.Option(["--quant-max-error", "--max-error", "quant_max_error"], default=None, metavar="cosine=C|sqnr=DB",
                          help="--quantize: fall back the most sensitive layers to float until every output "
                               "keeps this cosine (or SQNR in dB) on held-out samples."),
@@ -75,7 +76,9 @@ class QuantizeStage(Stage):
 
     def configure(self, values: dict[str, Any], model: onnx.ModelProto, ctx: PassContext) -> list[str]:
         if not values.get("quantize"):
-            used = [k for k in _DEPENDENT if values.get(k) not in (None, (), False)]
+            # a False flag is "not given", except --no-quant-bias-correction, which is a choice
+            used = [k for k in _DEPENDENT if values.get(k) not in (None, ()) and (values[k] is not False
+                                                                               or k == "quant_bias_correction")]
             if used:
                 raise UsageError(f"--{used[0].replace('_', '-')} only applies with --quantize int8")
             return []
@@ -105,11 +108,26 @@ class QuantizeStage(Stage):
             if unknown:
                 raise UsageError(f"--quant-ops: only Softmax and LayerNormalization can be asked for, got {unknown}")
             options["extra_ops"] = tuple(ops)
-        QuantOptions.from_dict(options)  # validate now: one-line UsageError before any work
+        parsed = QuantOptions.from_dict(options)  # validate now: one-line UsageError before any work
+        _warn_unused(values, parsed, synthetic=ctx.data.get("calibration") is None)
         rules_for(ctx.target, ctx.device)
         check_float_model(model)
         ctx.options[PASS] = {**ctx.options.get(PASS, {}), **options}
         return [PASS]
+
+
+def _warn_unused(values: dict[str, Any], opts: QuantOptions, synthetic: bool) -> None:
+    """Options given but without effect under the others: a warning, not silence."""
+    methods = [opts.method.name] + [o.method.name for o in opts.overrides]
+    unused = []
+    if values.get("calib_percentile") is not None and "percentile" not in methods:
+        unused.append(("--calib-percentile", "no tensor uses --calib-method percentile"))
+    if values.get("calib_bins") is not None and set(methods) == {"minmax"}:
+        unused.append(("--calib-bins", "minmax needs no histogram"))
+    if values.get("quant_rounding_samples") is not None and opts.rounding != "gptq" and not opts.corrects_bias(synthetic):
+        unused.append(("--quant-rounding-samples", "neither gptq rounding nor bias correction is on"))
+    for flag, why in unused:
+        logger.warning("%s has no effect: %s", flag, why)
 
 
 def check_float_model(model: onnx.ModelProto) -> None:
