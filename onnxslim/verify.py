@@ -78,8 +78,8 @@ class VerificationResult:
                 parts.append(f"{f.name}: cosine {f.cosine:.5f}, SQNR {f.sqnr_db:.1f} dB, max abs {f.max_abs:.3g}{top1}")
             head = {"passed": "fidelity within budget", "failed": "fidelity BELOW budget", "measured": "fidelity"}[self.status]
             tail = f" ({self.reason})" if self.reason else ""
-            what = ("synthetic sample(s) (no calibration samples could be held out)" if self.samples_from == "synthetic"
-                    else "held-out sample(s)")
+            what = {"synthetic": "synthetic sample(s) (no calibration samples could be held out)",
+                    "inputs": "--inputs sample(s)"}.get(self.samples_from, "held-out sample(s)")
             return f"{head} on {self.samples} {what}: " + "; ".join(parts) + tail
         worst = max(self.outputs, key=lambda o: o.max_abs / max(o.tolerance, 1e-30), default=None)
         detail = f"worst max_abs={worst.max_abs:.3g} on {worst.name!r}" if worst else ""

@@ -241,3 +241,14 @@ def test_enough_calibration_samples_fidelity_is_held_out(tmp_path):
     result, verification = _quantize(tmp_path, 20)
     assert "fidelity on 4 held-out sample(s): " in result.stdout, result.stdout
     assert verification["samples_from"] == "holdout" and "synthetic" not in result.stderr
+
+
+def test_inputs_file_fidelity_is_labelled_inputs(tmp_path):
+    model = _folder(tmp_path)
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((20, *X_SHAPE[1:])).astype(np.float32))
+    np.savez(tmp_path / "inputs.npz", x=rng.standard_normal((1, *X_SHAPE[1:])).astype(np.float32))
+    result = _invoke("optimize", model, "-o", tmp_path / "o" / "q.onnx", "--quantize", "int8", "--calib-data", tmp_path / "calib.npz",
+                     "--inputs", tmp_path / "inputs.npz")
+    assert result.exit_code == 0, result.output
+    assert "fidelity on 1 --inputs sample(s): " in result.stdout, result.stdout
