@@ -131,16 +131,16 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         return rows
 
     start = time.perf_counter()
-    seen = first = 0
+    seen = first = left_out = 0
     with bar, ThreadPoolExecutor(lanes, "calibration") as pool:  # the bar is closed on errors too
         in_flight: deque[Future] = deque()
         try:
             for index, feeds in enumerate(data.batches(size)):
                 if collector.fixed_batch and batch_rows(feeds) != collector.fixed_batch:
-                    # Only the last batch can come short; the model cannot take it, and padding it
-                    # with repeated samples would weigh them twice in the statistics.
-                    logger.warning("calibration: the model's batch is fixed at %d; the last %d sample(s) are left out",
-                                   collector.fixed_batch, batch_rows(feeds))
+                    # A short batch (the last one, or one cut where the sample shape changes): the
+                    # model cannot take it, and padding it with repeated samples would weigh them
+                    # twice in the statistics.
+                    left_out += batch_rows(feeds)
                     order.skip(index)
                     continue
                 if len(in_flight) == lanes:  # memory stays at ``lanes`` batches of activations
@@ -152,6 +152,9 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         finally:
             for future in in_flight:
                 future.cancel()
+    if left_out:
+        logger.warning("calibration: the model's batch is fixed at %d; %d sample(s) that do not fill a batch are left out",
+                       collector.fixed_batch, left_out)
     logger.info("calibration: %d samples, %d tensors, %d lane(s), %.2fs", seen, len(names), lanes,
                 time.perf_counter() - start)
     return stats, seen
