@@ -30,9 +30,14 @@ Feeds = dict[str, np.ndarray]
 
 
 def _regroup(samples: Iterable[Feeds], size: int) -> Iterator[Feeds]:
+    """Samples stacked ``size`` at a time; a batch ends early where the per-sample shape changes
+    (variable-length data cannot be stacked)."""
     pending: list[Feeds] = []
     count = 0
     for sample in samples:
+        if pending and _shapes(sample) != _shapes(pending[0]):
+            yield {k: np.concatenate([s[k] for s in pending], axis=0) for k in pending[0]}
+            pending, count = [], 0
         pending.append(sample)
         count += int(next(iter(sample.values())).shape[0]) if sample else 0
         if count >= size:
@@ -40,6 +45,10 @@ def _regroup(samples: Iterable[Feeds], size: int) -> Iterator[Feeds]:
             pending, count = [], 0
     if pending:
         yield {k: np.concatenate([s[k] for s in pending], axis=0) for k in pending[0]}
+
+
+def _shapes(feeds: Feeds) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape[1:]) for k, v in feeds.items()}
 
 
 def _batches(source: CalibrationSet | list[Feeds], size: int, exact: bool) -> Iterator[Feeds]:

@@ -488,3 +488,12 @@ def test_reported_layer_errors_match_measured_ones(case):
     assert row["factorized"] and row["method"] == "whiten"
     for feeds_list, key in ((calib, "calib_error"), (holdout, "holdout_error")):
         assert row[key] == pytest.approx(heldout_error(model, out, feeds_list), rel=1e-3), key
+
+
+def test_held_out_samples_of_different_lengths_are_never_stacked():
+    from onnxslim.svd.collect import _regroup
+
+    samples = [{"x": np.full((1, 4), i, np.float32)} for i in range(3)] + [{"x": np.full((1, 8), i, np.float32)} for i in range(3)]
+    batches = list(_regroup(samples, 2))
+    assert [b["x"].shape for b in batches] == [(2, 4), (1, 4), (2, 8), (1, 8)]
+    assert np.concatenate([b["x"][:, 0] for b in batches]).tolist() == [0, 1, 2, 0, 1, 2]  # every sample, in order
