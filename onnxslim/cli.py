@@ -28,6 +28,7 @@ from onnxslim.report import Report, path_digest
 from onnxslim.reporting import failif
 from onnxslim.reporting.charts import require_matplotlib
 from onnxslim.reporting.html import write_html
+from onnxslim.stages.prune import prune_file
 from onnxslim.stats import ModelStats, compute as compute_stats, human, human_bytes
 
 EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -221,11 +222,13 @@ def _optimize(params: dict[str, Any], config_used: dict[str, Any] | None = None)
 
 def _check_outputs(model, output, options: dict[str, Any], report_path, html_path, given: dict[str, Any]) -> None:
     """Before any work: no output (-o or its default, --report, --html, --emit DIR) may replace a
-    file the user gave us (MODEL, the --calib-data file or anything in its folder, --inputs, and
-    ``given``: --config, --from-report) nor another output. Paths compare resolved, like the
+    file the user gave us (MODEL, the --calib-data file or anything in its folder, --inputs, the
+    --prune JSON file, and ``given``: --config, --from-report) nor another output. Paths compare resolved, like the
     -o == MODEL check: a symlink, a hard link or another spelling of a file is that file."""
     io.check_input_file(model)  # a missing MODEL is the first thing to say
-    sources = {"the input model": model, "--calib-data": options.get("calib_data"), "--inputs": options.get("inputs_file"), **given}
+    prune = prune_file((options.get("stage_values") or {}).get("prune"))
+    sources = {"the input model": model, "--calib-data": options.get("calib_data"), "--inputs": options.get("inputs_file"),
+               "--prune": prune, **given}
     sources = {name: Path(path) for name, path in sources.items() if path is not None}
     outputs = {"-o" if output is not None else "the output model": output if output is not None else api.default_output(model),
                "--report": report_path, "--html": html_path}
@@ -319,6 +322,9 @@ def _describe(report: Report, options: dict[str, Any], extra: dict[str, Any]) ->
     """What the report needs beyond the API's record: calibration digest, config file, origin."""
     if options.get("calib_data") is not None and Path(options["calib_data"]).exists():
         report.calibration = path_digest(options["calib_data"])
+    prune = prune_file((options.get("stage_values") or {}).get("prune"))
+    if prune is not None and prune.is_file():
+        report.option_files["--prune"] = path_digest(prune)
     for key, value in extra.items():
         if value is not None:
             setattr(report, key, value)

@@ -62,6 +62,7 @@ def export_parts(graph: gs.Graph, template: onnx.ModelProto | None = None) -> tu
     shell.nodes = []
     model = export_model(shell, template)
     model.graph.CopyFrom(proto)
+    _declare_initializers(model, ((t.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), list(t.shape)) for t in constants))
     # export_model on an empty shell cannot see domains used by nodes: recompute from the real graph.
     used = {n.domain for n in graph.nodes if n.domain not in (None, "", "ai.onnx")}
     have = {o.domain for o in model.opset_import}
@@ -152,7 +153,18 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> on
         model.metadata_props.extend(template.metadata_props)
         if template.training_info:
             model.training_info.extend(template.training_info)
+        _declare_initializers(model, ((t.name, t.data_type, list(t.dims)) for t in model.graph.initializer))
     return model
+
+
+def _declare_initializers(model: onnx.ModelProto, initializers: Iterable[tuple[str, int, list[int]]]) -> None:
+    """Before IR version 4 every initializer must also be a graph input: declare the missing ones
+    (name, element type, dims), so that an old model stays valid after a rewrite."""
+    if not 0 < model.ir_version < 4:
+        return
+    declared = {i.name for i in model.graph.input}
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(name, elem, dims)
+                             for name, elem, dims in initializers if name not in declared)
 
 
 # --------------------------------------------------------------------------------------------

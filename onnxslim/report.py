@@ -133,6 +133,7 @@ class Report:
     stages: list[dict[str, Any]] = field(default_factory=list)  # input, cleanup, each lossy pass, output
     pass_stats: dict[int, dict[str, Any]] = field(default_factory=dict)  # index in passes -> stats before/after it
     calibration: dict[str, Any] | None = None  # digest of --calib-data
+    option_files: dict[str, Any] = field(default_factory=dict)  # flag -> digest of the file it named (--prune FILE.json)
     config: dict[str, Any] | None = None  # the config file that supplied options, and its digest
     reproduced_from: dict[str, Any] | None = None  # the report an --from-report run followed
     fail_if: list[dict[str, Any]] = field(default_factory=list)  # --fail-if conditions and whether they held
@@ -170,6 +171,7 @@ class Report:
             "seconds": self.seconds,
             "stages": self.stages,
             "calibration": self.calibration,
+            "option_files": self.option_files,
             "config": self.config,
             "reproduced_from": self.reproduced_from,
             "fail_if": self.fail_if,

@@ -38,6 +38,7 @@ def _folder(d: Path) -> Path:
     (d / "calib" / "sub").mkdir(parents=True)
     np.save(d / "calib" / "x.npy", samples)
     np.savez(d / "in.npz", x=samples[:1])
+    (d / "p.json").write_text('{"*": 0.5}')
     (d / "o").mkdir()
     return d / "model.onnx"
 
@@ -67,6 +68,9 @@ OUTPUT_CLASHES: list[tuple[str, Callable[[Path], list], str]] = [
      "is the --inputs file"),
     ("report-is-default-output", lambda d: ["--report", d / "model.opt.onnx"], "is the output model"),
     ("report-is-config", lambda d: ["-o", d / "o.onnx", "--config", _config(d), "--report", d / "onnxslim.toml"], "is the --config file"),
+    ("output-is-prune-file", lambda d: ["-o", d / "p.json", "--prune", d / "p.json"], r"-o .*p\.json: is the --prune file"),
+    ("report-is-prune-file", lambda d: ["-o", d / "o.onnx", "--prune", d / "p.json", "--report", d / "p.json"],
+     r"--report .*p\.json: is the --prune file"),
     ("emit-is-calib-folder", lambda d: ["-o", d / "o.onnx", "--calib-data", d / "calib", "--emit", d / "calib"],
      "--emit .*: is the --calib-data folder"),
     ("emit-inside-calib-folder", lambda d: ["-o", d / "o.onnx", "--calib-data", d / "calib", "--emit", d / "calib" / "out"],
@@ -102,6 +106,33 @@ def test_from_report_file_is_not_an_output(tmp_path):
     assert _invoke("optimize", model, "-o", tmp_path / "a.onnx", "--report", tmp_path / "r.json", "-q").exit_code == 0
     check_rejected(tmp_path, ["--from-report", tmp_path / "r.json", "-o", tmp_path / "b.onnx", "--report", tmp_path / "r.json"],
                    "--report .*: is the --from-report file")
+
+
+def test_prune_number_is_a_ratio_even_beside_a_file_of_that_name(tmp_path, monkeypatch):
+    onnx.save_model(models.zoo_like(blocks=2), tmp_path / "m.onnx")
+    (tmp_path / "0.5").write_text("not json")
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("optimize", "m.onnx", "-o", "o.onnx", "--prune", "0.5", "--report", "r.json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["stats"]["after"]["parameters"] < report["stats"]["before"]["parameters"]
+    assert report["option_files"] == {}
+
+
+def test_from_report_refuses_a_changed_prune_file(tmp_path):
+    onnx.save_model(models.zoo_like(blocks=2), tmp_path / "m.onnx")
+    table = tmp_path / "p.json"
+    table.write_text('{"*": 0.5}')
+    args = ["optimize", tmp_path / "m.onnx", "-o", tmp_path / "a.onnx", "--prune", table, "--report", tmp_path / "r.json", "-q"]
+    assert _invoke(*args).exit_code == 0
+    recorded = json.loads((tmp_path / "r.json").read_text())["option_files"]["--prune"]
+    assert recorded["sha256"] and recorded["path"] == str(table)
+    again = _invoke("optimize", "--from-report", tmp_path / "r.json", "-o", tmp_path / "b.onnx", "-q")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    table.write_text('{"*": 0.25}')
+    check_rejected(tmp_path, ["--from-report", tmp_path / "r.json", "-o", tmp_path / "c.onnx"],
+                   r"the --prune file .*p\.json is missing or differs from the recorded one")
 
 
 def test_distinct_outputs_beside_the_calibration_data_are_fine(tmp_path):
@@ -252,3 +283,50 @@ def test_inputs_file_fidelity_is_labelled_inputs(tmp_path):
                      "--inputs", tmp_path / "inputs.npz")
     assert result.exit_code == 0, result.output
     assert "fidelity on 1 --inputs sample(s): " in result.stdout, result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Models older than IR 4 (every initializer is also a graph input) stay valid
+
+
+def _ir3_model() -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+               numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "B"),
+               numpy_helper.from_array(np.full((1, 4, 1, 1), 2.0, np.float32), "two")]
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Mul", ["c", "two"], ["m"]),
+             helper.make_node("Relu", ["m"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
+    inputs += [helper.make_tensor_value_info(w.name, TensorProto.FLOAT, list(w.dims)) for w in weights]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 3
+    onnx.checker.check_model(model)
+    return model
+
+
+def _check_ir3(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    from tests.helpers import op_counts, random_feeds, run_ort
+
+    onnx.checker.check_model(after)  # raised 'W in initializer but not in graph input' before
+    assert after.ir_version == 3
+    assert {i.name for i in after.graph.initializer} <= {i.name for i in after.graph.input}
+    assert op_counts(after) == {"Conv": 1, "Relu": 1}  # the Mul by 2 folded into the Conv: initializers did change
+    feeds = {"x": random_feeds(before)["x"]}
+    np.testing.assert_allclose(run_ort(after, feeds)["y"], run_ort(before, feeds)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_ir3_model_written_by_the_cli_is_valid(tmp_path):
+    before = _ir3_model()
+    onnx.save_model(before, tmp_path / "old.onnx")
+    result = _invoke("optimize", tmp_path / "old.onnx", "-o", tmp_path / "new.onnx", "-q")
+    assert result.exit_code == 0, result.output
+    _check_ir3(before, onnx.load(tmp_path / "new.onnx"))
+
+
+def test_ir3_model_optimized_in_memory_is_valid():
+    before = _ir3_model()
+    after, _ = api.optimize(before)
+    _check_ir3(before, after)

@@ -2,7 +2,7 @@
 
 The report's ``options`` are the keyword arguments of :func:`onnxslim.api.optimize_file`; the
 input (the report's ``input.path``, or the MODEL given) must have the recorded sha256, and so
-must its external data and the calibration data, else the rerun is refused (exit 2): another
+must its external data, the calibration data and files that options name (--prune FILE.json), else the rerun is refused (exit 2): another
 model would not reproduce the recorded output.
 """
 
@@ -27,6 +27,10 @@ def prepare(recorded: dict[str, Any], model: str | Path | None) -> tuple[Path, d
     if calib is not None and recorded.get("calibration"):
         if not Path(calib).exists() or path_digest(calib)["sha256"] != recorded["calibration"]["sha256"]:
             raise UsageError(f"--from-report: calibration data {calib} is missing or differs from the recorded one (sha256 mismatch)")
+    for flag, digest in (recorded.get("option_files") or {}).items():
+        path = Path(digest.get("path") or "")
+        if not path.is_file() or path_digest(path)["sha256"] != digest.get("sha256"):
+            raise UsageError(f"--from-report: the {flag} file {path} is missing or differs from the recorded one (sha256 mismatch)")
     return model, options
 
 

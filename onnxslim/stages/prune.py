@@ -40,12 +40,27 @@ def parse_ratio(text: Any, what: str) -> float:
     return value
 
 
+def prune_file(text: Any) -> Path | None:
+    """The JSON file that ``--prune`` names, or None when it is a ratio. A number is always a
+    ratio, even where a file of that name exists."""
+    if text is None:
+        return None
+    stripped = str(text).strip()
+    try:
+        float(stripped)
+        return None
+    except ValueError:
+        return Path(stripped)
+
+
 def parse_prune(text: str) -> tuple[float | None, dict[str, float] | None]:
     """``--prune``: a ratio, or a JSON file mapping group/layer names to ratios."""
     stripped = str(text).strip()
-    if stripped.lower().endswith(".json") or Path(stripped).is_file():
-        path = Path(stripped)
+    path = prune_file(text)
+    if path is not None:
         if not path.is_file():
+            if path.suffix.lower() != ".json":
+                raise UsageError(f"--prune expects a fraction in [0, 1) or a JSON file, got {text!r}")
             raise UsageError(f"--prune {text}: no such file")
         try:
             table = json.loads(path.read_text())
