@@ -20,7 +20,7 @@ from onnxslim.graph import export_model, export_parts, import_model, iter_subgra
 from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, PassRecord, Pipeline, get_pass, parse_pipeline, registry, without_passes
 from onnxslim.report import Report, file_digest
 from onnxslim.reporting.recorder import StageRecorder, chain_hooks
-from onnxslim.stats import compute as compute_stats
+from onnxslim.stats import ModelStats, compute as compute_stats
 from onnxslim.verify import VerificationResult, measure_fidelity, reference_outputs, synthesize_inputs, verify as verify_models, verify_against
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ def check_inputs_file(path: str | os.PathLike, model: onnx.ModelProto, input_sha
 
 
 class _VerifyEach:
-    """After-pass hook: verify after every changed pass; name the first pass that broke outputs."""
+    """After-pass hook: verify after every changed pass; name the first pass that broke outputs.
+
+    A lossy pass (pruning, SVD, quantization) changes the outputs on purpose: its fidelity is
+    the stage's own measurement, and the passes after it are checked against its outputs."""
 
     def __init__(self, template: onnx.ModelProto, original: Any, input_shapes, inputs_file, tolerance, seed):
         self.template = template
@@ -110,11 +113,27 @@ class _VerifyEach:
         self.results: list[dict[str, Any]] = []
 
     def __call__(self, record: PassRecord, graph: gs.Graph) -> None:
+        from onnxslim.verify import run
+
         candidate = export_model(graph.copy(), self.template)
+        if get_pass(record.name).lossy:
+            try:
+                names, want = run(candidate, self.feeds)
+            except Exception as exc:  # onnxruntime raises several unrelated types for a broken model
+                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                self.results.append({"pass": record.name, "round": record.round, "status": "failed", "reason": reason})
+                raise VerificationFailedError(f"pass {record.name!r} (round {record.round}) made a model onnxruntime cannot run: {reason}") from None
+            if names == self.names:  # the next passes must keep this pass's outputs
+                self.want = want
+            self.results.append({"pass": record.name, "round": record.round, "status": "lossy",
+                                 "reason": "changes outputs by design; its fidelity is in the stage's measurement"})
+            return
         result = verify_against(self.want, self.names, self.feeds, candidate, self.tolerance, self.seed)
         self.results.append({"pass": record.name, "round": record.round, "status": result.status, "reason": result.reason})
         if not result.ok:
-            raise VerificationFailedError(f"pass {record.name!r} (round {record.round}) changed the outputs: {result.reason}")
+            err = VerificationFailedError(f"pass {record.name!r} (round {record.round}) changed the outputs: {result.reason}")
+            err.candidate = candidate  # the model right after that pass, for the caller to keep
+            raise err
 
 
 def _run(
@@ -140,7 +159,7 @@ def _run(
     apply_input_shapes(graph, ctx.input_shapes)
     if "infer_shapes" in registry():
         get_pass("infer_shapes")().run(graph, ctx)
-    report.before = compute_stats(graph)
+    report.before = _before_stats(graph, ctx)
     start = time.perf_counter()
     try:
         report.passes = pipeline.run(graph, ctx, chain_hooks(verify_each, recorder))
@@ -159,6 +178,38 @@ def _run(
         _drop_value_info_unless(keep_value_info, header)
         return header, initializers
     return _drop_value_info_unless(keep_value_info, _restore_io_types(export_model(graph, model), model))
+
+
+_MAC_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
+_SHAPE_PASSES = ("fold_shapes", "simplify_reshape_shape", "infer_shapes")
+
+
+def _unknown_dims(shape) -> bool:
+    """No shape, or a dimension that is neither a number nor a symbol (shape inference gave up)."""
+    return shape is None or any(not isinstance(d, (int, np.integer, str)) or (not isinstance(d, str) and d < 0) for d in shape)
+
+
+def _before_stats(graph: gs.Graph, ctx: PassContext) -> ModelStats:
+    """Stats of the input. Where a MAC-counting node's shapes are unknown until the cleanup
+    resolves them (a MatMul after Shape -> Gather -> Concat -> Reshape), the MACs are counted
+    on a copy that the lossless shape passes ran over: else the input would count 0 MACs for
+    that node and a cleanup would seem to add them (and --fail-if macs-reduction would trip)."""
+    stats = compute_stats(graph)
+    unresolved = any(n.op in _MAC_OPS and any(_unknown_dims(t.shape) for t in [*n.inputs[:1], *n.outputs[:1]]) for n in graph.nodes)
+    if not unresolved or not all(name in registry() for name in _SHAPE_PASSES):
+        return stats
+    try:
+        resolved = graph.copy()  # weights are shared, not copied
+        scratch = PassContext(target=ctx.target, device=ctx.device, options=dict(ctx.options), input_shapes=ctx.input_shapes)
+        for name in _SHAPE_PASSES:
+            get_pass(name)().run(resolved, scratch)
+        counted = compute_stats(resolved)
+    except Exception as exc:  # a figure in a summary is not worth failing the run for
+        logger.debug("could not resolve shapes for the input's MAC count: %s", exc)
+        return stats
+    if counted.macs > stats.macs:
+        stats.macs, stats.macs_exact, stats.macs_by_op = counted.macs, counted.macs_exact, counted.macs_by_op
+    return stats
 
 
 def _drop_value_info_unless(keep: bool, model: onnx.ModelProto) -> onnx.ModelProto:
@@ -438,7 +489,19 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     report.input = file_digest(input_path, opts.digests)
     report.seconds["load"] = time.perf_counter() - t0
     hook = _VerifyEach(model, str(input_path), opts.input_shapes, opts.inputs_file, opts.tolerance, opts.seed) if opts.verify_each else None
-    out_header, out_initializers = _run(model, report, pipeline, ctx, hook, streaming=True, weights=weights, recorder=StageRecorder(model, ctx, opts))
+    try:
+        out_header, out_initializers = _run(model, report, pipeline, ctx, hook, streaming=True, weights=weights,
+                                            recorder=StageRecorder(model, ctx, opts))
+    except VerificationFailedError as exc:  # --verify-each: keep the model after the breaking pass, and the report
+        candidate = getattr(exc, "candidate", None)
+        if candidate is not None:
+            final = failed_output_name(output)
+            io.save(candidate, final, external_data=opts.external_data)
+            report.output = file_digest(final, opts.digests)
+            exc.args = (f"{exc}; the model after that pass kept as {final}",)
+        report.seconds["total"] = time.perf_counter() - t0
+        exc.report = report
+        raise
     header = onnx.ModelProto()
     header.graph.input.extend(model.graph.input)
     input_names = {i.name for i in model.graph.input}

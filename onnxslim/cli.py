@@ -176,7 +176,7 @@ _FROM_REPORT_ALLOWED = {"model", "output", "report_path", "html_path", "fail_if"
               help="Rerun the run recorded in this report.json on its input (or MODEL), refusing an input whose sha256 differs.")
 @click.option("--save-external-data", is_flag=True, default=None, help="Write weights to <output>.data (automatic above 2 GB).")
 @click.option("--strict", is_flag=True, help="Fail when an optional rewrite cannot apply.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthesized verification inputs.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for synthesized verification inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @handle_errors
@@ -217,7 +217,23 @@ def _optimize(params: dict[str, Any], config_used: dict[str, Any] | None = None)
         min_cosine=p.pop("min_cosine"), stage_values=p,
     )
     _check_outputs(model, output, options, report_path, html_path, {"--config": (config_used or {}).get("path")})
+    failif.check_measurable(conditions, options["verify"], _asks_lossy(passes, options["stage_values"]))
     _run_and_finish(model, output, options, report_path, html_path, conditions, quiet, {"config": config_used})
+
+
+_LOSSY_STAGE_OPTIONS = ("quantize", "prune", "prune_macs", "svd")
+
+
+def _asks_lossy(passes: str | None, stage_values: dict[str, Any]) -> bool:
+    """Whether the command line asks for a lossy stage or names a lossy pass in --passes."""
+    if any(stage_values.get(name) is not None for name in _LOSSY_STAGE_OPTIONS):
+        return True
+    if passes:
+        try:
+            return api.build_pipeline(passes).lossy
+        except OnnxSlimError:
+            return False  # the run reports the bad pipeline itself
+    return False
 
 
 def _check_outputs(model, output, options: dict[str, Any], report_path, html_path, given: dict[str, Any]) -> None:
@@ -353,6 +369,7 @@ def _optimize_from_report(ctx: click.Context, params: dict[str, Any]) -> None:
     conditions = failif.parse_conditions(params["fail_if"] or ())
     _check_outputs(model, params["output"], options, params["report_path"], params["html_path"],
                    {"--from-report": params["from_report"]})
+    failif.check_measurable(conditions, options.get("verify", True), _asks_lossy(options.get("passes"), options.get("stage_values") or {}))
     origin = {"path": str(params["from_report"]), "sha256": sha256_file(params["from_report"]),
               "output_sha256": (recorded.get("output") or {}).get("sha256")}
     report = _run_and_finish(model, params["output"], options, params["report_path"], params["html_path"], conditions,
@@ -510,7 +527,7 @@ def inspect(model, as_json, input_shapes) -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, help="Shape for synthesized inputs: NAME:1,3,224,224.")
 @click.option("--tolerance", type=float, help="Tolerance relative to max |output| (default 1e-4 for fp32).")
 @click.option("--samples", type=click.IntRange(1, 1000), default=1, show_default=True, help="Synthesized samples.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @handle_errors
 def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed) -> None:
     """Run MODEL_A and MODEL_B on identical inputs and compare every output (exit 1 on mismatch)."""

@@ -151,10 +151,31 @@ def test_verify_each_names_the_pass_that_broke_outputs(example, tmp_path, monkey
     passes["break_relu"] = _break_relu_pass()
     monkeypatch.setattr(pl, "registry", lambda: passes)
     out = tmp_path / "o.onnx"
-    result = invoke("optimize", example, "-o", out, "--passes", "eliminate_identity,fuse_conv_bn,break_relu,dedupe", "--verify-each")
+    report_path = tmp_path / "r.json"
+    result = invoke("optimize", example, "-o", out, "--passes", "eliminate_identity,fuse_conv_bn,break_relu,dedupe", "--verify-each",
+                    "--report", report_path)
     assert result.exit_code == 1
     assert "pass 'break_relu' (round 1) changed the outputs" in result.output
     assert not out.exists()
+    kept = tmp_path / "o.verify-failed.onnx"  # the model right after the breaking pass, for debugging
+    assert f"the model after that pass kept as {kept}" in result.output
+    assert op_counts(onnx.load(kept))["Sigmoid"] >= 1 and op_counts(onnx.load(kept))["Relu"] == 0
+    report = json.loads(report_path.read_text())
+    assert [r["status"] for r in report["verify_each"]][-1] == "failed"
+    assert report["verify_each"][-1]["pass"] == "break_relu" and report["output"]["path"] == str(kept)
+
+
+def test_verify_each_with_a_lossy_stage_checks_the_passes_after_it(tmp_path):
+    from tests.reliability import models
+
+    onnx.save_model(models.zoo_like(blocks=2), tmp_path / "m.onnx")
+    report_path = tmp_path / "r.json"
+    result = invoke("optimize", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--prune", "0.3", "--verify-each", "--report", report_path)
+    assert result.exit_code == 0, result.output  # pruning changed the outputs by design: not a verification failure
+    rows = json.loads(report_path.read_text())["verify_each"]
+    statuses = {r["pass"]: r["status"] for r in rows}
+    assert statuses["prune_channels"] == "lossy"
+    assert {s for p, s in statuses.items() if p != "prune_channels"} == {"passed"}
 
 
 def test_no_verify_skips_verification(example, tmp_path):

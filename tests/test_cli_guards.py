@@ -200,6 +200,8 @@ USAGE_ERRORS = [
     (["optimize", "{model}", "--quantize", "int4"], "'--quantize': 'int4'"),
     (["optimize", "{model}", "--calib-percentile", "abc"], "'--calib-percentile': 'abc' is not a valid float"),
     (["optimize", "{model}", "--no-such-option"], "No such option '--no-such-option'"),
+    (["optimize", "{model}", "--seed", "-1"], "'--seed': -1 is not in the range 0<=x<=4294967295"),  # exit 3 (NumPy) before
+    (["verify", "{model}", "{model}", "--seed", "4294967296"], "'--seed': 4294967296 is not in the range"),
     (["inspect"], "Missing argument 'MODEL'"),
     (["verify", "{model}", "{model}", "--samples", "0"], "'--samples': 0 is not in the range"),
     (["report", "r.json"], "Missing option '--html'"),
@@ -330,3 +332,32 @@ def test_ir3_model_optimized_in_memory_is_valid():
     before = _ir3_model()
     after, _ = api.optimize(before)
     _check_ir3(before, after)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The input's MACs count nodes whose shapes only the cleanup resolves
+
+
+def _dynamic_reshape_model() -> onnx.ModelProto:
+    """x[N,4,4,4] -> Reshape(x, Concat(Shape(x)[0], -1)) -> MatMul W[64,10]: the MatMul's K is
+    unknown to shape inference until fold_shapes rewrites the Reshape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([0], np.int64), "i0"), numpy_helper.from_array(np.array([-1], np.int64), "m1")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["b"]),
+             helper.make_node("Concat", ["b", "m1"], ["shape"], axis=0), helper.make_node("Reshape", ["x", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_input_macs_count_shapes_the_cleanup_resolves(tmp_path):
+    onnx.save_model(_dynamic_reshape_model(), tmp_path / "m.onnx")
+    result = _invoke("optimize", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json",
+                     "--fail-if", "macs-reduction<0", "-q")
+    assert result.exit_code == 0, result.output  # the input counted 10 MACs (K unknown -> 1), the output 640: 'grew'
+    stats = json.loads((tmp_path / "r.json").read_text())["stats"]
+    assert stats["before"]["macs"] == stats["after"]["macs"] == 64 * 10  # per sample (N counts as 1)
+    assert stats["before"]["nodes"] == 5 and stats["after"]["nodes"] <= 2  # node counts stay the input's own

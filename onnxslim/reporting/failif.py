@@ -161,6 +161,20 @@ def metric_value(metric: str, report: dict[str, Any]) -> float:
     return _worst(values, min)
 
 
+def check_measurable(conditions: list[Condition], verify: bool, lossy: bool) -> None:
+    """Before any work: refuse a condition on a metric this run cannot measure (fidelity without
+    a lossy stage, anything compared with outputs under --no-verify), rather than after the
+    output is written. ``lossy``: whether the run asked for a lossy stage."""
+    for c in conditions:
+        if c.metric not in FIDELITY and c.metric != "max-abs" and c.metric != "verification-skipped":
+            continue
+        if not verify and c.metric != "verification-skipped":
+            raise MetricUnavailable(f"--fail-if on {c.metric}: outputs are not compared under --no-verify")
+        if c.metric in FIDELITY and not lossy:
+            raise MetricUnavailable(f"--fail-if on {c.metric}: no lossy stage (--quantize, --prune, --svd) was asked for, so no "
+                                    "fidelity will be measured (exact verification checks outputs within --tolerance instead)")
+
+
 def _worst(values: list[Any], pick: Callable[[list[float]], float]) -> float:
     """``pick`` (min or max) of ``values``, or NaN when one is NaN: min() and max() return NaN or
     skip it depending on where it stands in the list, and a NaN output must reach the gate."""

@@ -117,9 +117,17 @@ def test_cli_bad_condition_is_a_usage_error_before_any_work(example, tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
-def test_cli_unmeasured_metric_exits_2(example, tmp_path):
-    result = invoke("optimize", example, "-o", tmp_path / "o.onnx", "-q", "--fail-if", "cosine<0.99")
-    assert result.exit_code == 2 and "no lossy pass ran" in result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--fail-if", "cosine<0.99"], "--fail-if on cosine: no lossy stage (--quantize, --prune, --svd) was asked for"),
+    (["--fail-if", "top1<1", "--passes", "infer_shapes,fold_constants"], "--fail-if on top1: no lossy stage"),
+    (["--fail-if", "max-abs>1", "--no-verify"], "--fail-if on max-abs: outputs are not compared under --no-verify"),
+    (["--fail-if", "sqnr<30", "--svd", "rank=2", "--no-verify"], "--fail-if on sqnr: outputs are not compared under --no-verify"),
+])
+def test_cli_unmeasurable_metric_exits_2_before_any_work(example, tmp_path, args, message):
+    result = invoke("optimize", example, "-o", tmp_path / "o.onnx", "-q", *args)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert not (tmp_path / "o.onnx").exists()  # written before the error, once
+
 
 
 def test_cli_lossy_cosine_gate(example, tmp_path):
