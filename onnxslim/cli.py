@@ -395,8 +395,10 @@ def format_summary(report: Report) -> str:
             ["MACs" + ("" if a.macs_exact else " (approx.)"), *_delta(b.macs, a.macs, human)],
             ["weight bytes", *_delta(b.constant_bytes, a.constant_bytes, human_bytes)],
         ]
-        if report.input.get("bytes") and report.output.get("bytes"):
-            rows.append(["file bytes", *_delta(report.input["bytes"], report.output["bytes"], human_bytes)])
+        size_in = report.input.get("total_bytes", report.input.get("bytes"))  # external data included, like --fail-if bytes
+        size_out = report.output.get("total_bytes", report.output.get("bytes"))
+        if size_in and size_out:
+            rows.append(["file bytes", *_delta(size_in, size_out, human_bytes)])
         lines += _table(["", "before", "after", "change"], rows)
         changes = []
         for op in sorted(set(b.ops) | set(a.ops)):

@@ -107,6 +107,16 @@ def _convert(path: Path, key: str, param: click.Parameter, value: Any, ctx: clic
         raise UsageError(f"{path}: key {key!r} takes one value, not a list")
     if isinstance(param.type, click.Path):
         value = [_relative_to(path, v) for v in value] if param.multiple else _relative_to(path, value)
+    elif param.name == "prune":
+        from onnxslim.stages.prune import prune_file
+
+        if prune_file(value) is not None:  # RATIO or FILE.json: the file is found beside the config
+            value = _relative_to(path, value)
+    whole = param.type is click.INT or isinstance(param.type, click.IntRange)
+    if whole and isinstance(value, (bool, float)):  # click would read 2.7 as 2 and true as 1
+        raise UsageError(f"{path}: key {key!r}: expected a whole number, got {str(value).lower()}")
+    if (param.type is click.FLOAT or isinstance(param.type, click.FloatRange)) and isinstance(value, bool):
+        raise UsageError(f"{path}: key {key!r}: expected a number, got {str(value).lower()}")
     try:
         return param.type_cast_value(ctx, value)
     except click.BadParameter as exc:

@@ -361,3 +361,13 @@ def test_input_macs_count_shapes_the_cleanup_resolves(tmp_path):
     stats = json.loads((tmp_path / "r.json").read_text())["stats"]
     assert stats["before"]["macs"] == stats["after"]["macs"] == 64 * 10  # per sample (N counts as 1)
     assert stats["before"]["nodes"] == 5 and stats["after"]["nodes"] <= 2  # node counts stay the input's own
+
+
+def test_file_bytes_row_counts_external_data(tmp_path):
+    onnx.save_model(models.zoo_like(blocks=2), tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    result = _invoke("optimize", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--save-external-data")
+    assert result.exit_code == 0, result.output
+    size_in = sum(f.stat().st_size for f in (tmp_path / "m.onnx", tmp_path / "m.data"))
+    size_out = sum(f.stat().st_size for f in (tmp_path / "o.onnx", tmp_path / "o.onnx.data"))
+    row = next(line for line in result.stdout.splitlines() if line.startswith("file bytes")).split()
+    assert row[2:4] == [f"{size_in / 1024:.3g}", "KiB"] and row[4:6] == [f"{size_out / 1024:.3g}", "KiB"], row

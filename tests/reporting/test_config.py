@@ -75,12 +75,34 @@ def test_explicit_config_resolves_paths_from_its_folder(project, tmp_path, monke
     ('[optimize]\ntarget = "gpu"\n', "key 'target'"),
     ('[optimize]\npasses = ["a", "b"]\n', "key 'passes' takes one value"),
     ('[optimize\n', "invalid TOML"),
+    ('[optimize]\ncalib-size = 10.7\n', "key 'calib-size': expected a whole number, got 10.7"),  # click read 10
+    ('[optimize]\nseed = true\n', "key 'seed': expected a whole number, got true"),  # click read 1
+    ('[optimize]\ntolerance = false\n', "key 'tolerance': expected a number, got false"),
 ])
 def test_bad_config_is_one_line_naming_the_key(project, text, message):
     write(project / "onnxslim.toml", text)
     result = invoke("optimize")
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_prune_file_in_a_config_is_found_beside_the_config(tmp_path, monkeypatch):
+    import onnx
+
+    from tests.reliability import models
+
+    ci = tmp_path / "ci"
+    (tmp_path / "elsewhere").mkdir()
+    ci.mkdir()
+    onnx.save_model(models.zoo_like(blocks=2), ci / "m.onnx")
+    write(ci / "ratios.json", '{"*": 0.5}')
+    write(ci / "c.toml", '[optimize]\nmodel = "m.onnx"\noutput = "o.onnx"\nreport = "r.json"\nprune = "ratios.json"\nquiet = true\n')
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = invoke("optimize", "--config", ci / "c.toml")
+    assert result.exit_code == 0, result.output  # was '--prune ratios.json: no such file' (read from the current folder)
+    report = json.loads((ci / "r.json").read_text())
+    assert report["stats"]["after"]["parameters"] < report["stats"]["before"]["parameters"]
+    assert report["option_files"]["--prune"]["path"] == str(ci / "ratios.json")
 
 
 def test_missing_explicit_config_and_missing_model(project):
