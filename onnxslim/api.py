@@ -65,20 +65,39 @@ def apply_input_shapes(graph: gs.Graph, input_shapes: dict[str, Sequence[int]] |
     if not input_shapes:
         return
     by_name = {t.name: t for t in graph.inputs}
+    check_input_shapes({name: t.shape for name, t in by_name.items()}, input_shapes)
     for name, shape in input_shapes.items():
-        if name not in by_name:
-            known = ", ".join(sorted(by_name)) or "none"
+        by_name[name].shape = [int(d) for d in shape]
+
+
+def check_input_shapes(inputs: dict[str, Sequence[Any] | None], input_shapes: dict[str, Sequence[int]] | None) -> None:
+    """``--input-shape`` against the model's inputs (name -> dims, a symbol or None where dynamic):
+    the input must exist, the rank agree and fixed dims match; UsageError otherwise."""
+    for name, shape in (input_shapes or {}).items():
+        if name not in inputs:
+            known = ", ".join(sorted(inputs)) or "none"
             raise UsageError(f"--input-shape names {name!r}, which is not a model input (inputs: {known})")
-        tensor = by_name[name]
+        have_shape = inputs[name]
         if any(int(d) <= 0 for d in shape):
             raise UsageError(f"--input-shape {name}: dimensions must be positive, got {list(shape)}")
-        if tensor.shape is not None and len(tensor.shape) != len(shape):
-            raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input has rank {len(tensor.shape)}")
-        if tensor.shape is not None:
-            for have, want in zip(tensor.shape, shape):
-                if isinstance(have, int) and have > 0 and have != int(want):
-                    raise UsageError(f"--input-shape {name}: {list(shape)} conflicts with the model's fixed shape {list(tensor.shape)}")
-        tensor.shape = [int(d) for d in shape]
+        if have_shape is not None and len(have_shape) != len(shape):
+            raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model's input has rank {len(have_shape)}")
+        for have, want in zip(have_shape or (), shape):
+            if isinstance(have, int) and have > 0 and have != int(want):
+                raise UsageError(f"--input-shape {name}: {list(shape)} conflicts with the model's fixed shape {list(have_shape)}")
+
+
+def proto_input_shapes(model: onnx.ModelProto) -> dict[str, list[Any] | None]:
+    """Graph inputs that are not initializers: name -> dims (int, symbol string, or None)."""
+    inits = {t.name for t in model.graph.initializer}
+    out: dict[str, list[Any] | None] = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        t = value.type.tensor_type
+        out[value.name] = ([d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+                           if t.HasField("shape") else None)
+    return out
 
 
 def check_inputs_file(path: str | os.PathLike, model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None) -> None:

@@ -541,6 +541,11 @@ def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed
     headers = [io.load(m, load_external_data=False) for m in (model_a, model_b)]
     for header in headers:
         api.check_model(header)
+    inputs = [api.proto_input_shapes(h) for h in headers]
+    if set(inputs[0]) != set(inputs[1]):
+        raise UsageError(f"the models take different inputs: {model_a} has {', '.join(sorted(inputs[0])) or 'none'}, "
+                         f"{model_b} has {', '.join(sorted(inputs[1])) or 'none'}")
+    api.check_input_shapes(inputs[0], parse_input_shapes(input_shapes))
     if inputs_file is not None:  # wrong dtype or shape: a usage error, not an onnxruntime failure
         api.check_inputs_file(inputs_file, headers[0], parse_input_shapes(input_shapes))
     result = verify_models(model_a, model_b, input_shapes=parse_input_shapes(input_shapes), inputs_file=inputs_file,

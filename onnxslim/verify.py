@@ -82,10 +82,10 @@ class VerificationResult:
                     "inputs": "--inputs sample(s)"}.get(self.samples_from, "held-out sample(s)")
             return f"{head} on {self.samples} {what}: " + "; ".join(parts) + tail
         worst = max(self.outputs, key=lambda o: o.max_abs / max(o.tolerance, 1e-30), default=None)
-        detail = f"worst max_abs={worst.max_abs:.3g} on {worst.name!r}" if worst else ""
+        detail = f", worst max_abs={worst.max_abs:.3g} on {worst.name!r}" if worst else ""
         head = "verification passed" if self.status == "passed" else "verification FAILED"
         tail = f": {self.reason}" if self.reason else ""
-        return f"{head} ({self.samples} sample(s), {detail}){tail}"
+        return f"{head} ({self.samples} sample(s){detail}){tail}"
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -260,6 +260,19 @@ def test_verify_command_pass_and_fail(example, tmp_path):
     assert result.exit_code == 1 and "FAIL" in result.output
 
 
+def test_verify_command_refuses_models_with_other_inputs_and_unknown_input_shapes(example, tmp_path):
+    renamed = make_example.build()
+    renamed.graph.input[0].name = "image"
+    for node in renamed.graph.node:
+        node.input[:] = ["image" if name == "input" else name for name in node.input]
+    onnx.save_model(renamed, tmp_path / "renamed.onnx")
+    result = invoke("verify", example, tmp_path / "renamed.onnx")  # was 'verification FAILED (1 sample(s), ): ... missing'
+    assert result.exit_code == 2 and result.stdout == ""
+    assert f"the models take different inputs: {example} has input, {tmp_path / 'renamed.onnx'} has image" in result.stderr
+    result = invoke("verify", example, example, "--input-shape", "bogus:1,3,32,32")  # was silently ignored
+    assert result.exit_code == 2 and "--input-shape names 'bogus', which is not a model input (inputs: input)" in result.stderr
+
+
 def test_verify_with_npz_inputs(example, tmp_path):
     npz = tmp_path / "in.npz"
     np.savez(npz, input=np.ones((1, 3, 32, 32), np.float32))
