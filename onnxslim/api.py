@@ -554,8 +554,18 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     if emit_options and not failed:  # --emit DIR (stage "target"): deployable artifacts for --target/--device
         from onnxslim.targets import emit
 
+        from onnxslim.targets import EmitCheckFailedError
+
         t3 = time.perf_counter()
-        report.output["emit"] = emit(ctx.target, ctx.device, final, emit_options["dir"], emit_options["options"]).to_dict()
+        try:
+            report.output["emit"] = emit(ctx.target, ctx.device, final, emit_options["dir"], emit_options["options"]).to_dict()
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{final} was written, --emit {emit_options['dir']} was not") from None
+        except EmitCheckFailedError as exc:  # DIR is written and says which check failed: so does the report
+            report.output["emit"] = exc.result.to_dict()
+            report.seconds["emit"] = report.seconds["total"] = time.perf_counter() - t0
+            exc.report = report
+            raise
         report.seconds["emit"] = time.perf_counter() - t3
     report.seconds["total"] = time.perf_counter() - t0
     if failed:

@@ -53,8 +53,8 @@ def handle_errors(fn: Callable) -> Callable:
             _fail(str(exc), exc.exit_code)
         except OnnxSlimError as exc:
             _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted; no output written", EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:  # raised with a message where some output was already written
+            _fail(f"interrupted; {exc.args[0] if exc.args else 'no output written'}", EXIT_INTERRUPTED)
         except MemoryError:
             _fail("out of memory", EXIT_INTERNAL)
         except click.exceptions.Exit:
@@ -567,11 +567,12 @@ def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed
 @main.command(name="lint-trt")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the findings as JSON.")
+@handle_errors
 def lint_trt(model, json_path) -> None:
     """Check MODEL against TensorRT's ONNX op support and Q/DQ placement rules (exit 1 on findings)."""
     from onnxslim.targets.lint import main as lint_main
 
-    sys.exit(lint_main([str(model)] + (["--json", str(json_path)] if json_path else [])))
+    sys.exit(lint_main([str(model)] + (["--json", str(json_path)] if json_path else []), prog="onnxslim"))
 
 
 @main.command(name="passes")

@@ -3,11 +3,13 @@
     onnxslim optimize model.onnx --target tvm --device arm --emit out/
     onnxslim optimize model.onnx --quantize int8 --target tensorrt --device cuda --emit out/
 
-This stage adds no pass: it checks the emit options up front (one-line UsageError, exit 2) and
-stores them in ``ctx.options["emit"]``; :func:`onnxslim.api.optimize_file` calls
+This stage adds no pass: it checks the emit options and DIR up front (one-line UsageError or
+OutputError, exit 2: before the model is optimized or -o written) and stores them in
+``ctx.options["emit"]``; :func:`onnxslim.api.optimize_file` calls
 :func:`onnxslim.targets.emit` once the output model is committed and verification did not fail,
 and puts the result in the report (``output.emit``). Target-specific options (``--ort-*``,
-``--trt-*``, ``--tvm-*``) are refused with another --target.
+``--trt-*``, ``--tvm-*``) are refused with another --target. A failed check of the emitted
+artifacts then exits 1 (:class:`onnxslim.targets.EmitCheckFailedError`), -q or not.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ _TARGET_OPTIONS = {
 
 
 def _given(value: Any) -> bool:
-    return value not in (None, (), False)
+    return value is not None and value is not False and value != ()  # 0 is given (0 == False)
 
 
 class TargetStage(Stage):
@@ -73,17 +75,20 @@ class TargetStage(Stage):
                 raise UsageError(f"--{next(iter(used)).replace('_', '-')} only applies with --emit DIR")
             return []
         out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UsageError(f"--emit {out_dir}: exists and is not a folder")
         options: dict[str, Any] = {}
         for param, value in used.items():
             target, key = _TARGET_OPTIONS[param]
             if target != ctx.target:
                 raise UsageError(f"--{param.replace('_', '-')} applies to --target {target}, not {ctx.target}")
             options[key] = list(value) if isinstance(value, tuple) else (str(value) if isinstance(value, Path) else value)
-        from onnxslim.targets import validate
+        if options.get("tune_trials") is not None and options["tune_trials"] < 1:  # 0 would silently tune nothing
+            raise UsageError(f"--tvm-tune-trials {options['tune_trials']}: expected a positive number of trials "
+                             "(leave it out to apply --tvm-tuning-db without measuring)")
+        from onnxslim.targets import check_out_dir, validate
 
         options["input_shapes"] = {k: list(v) for k, v in ctx.input_shapes.items()}
         validate(ctx.target, ctx.device, options, model)
+        check_out_dir(out_dir, probe=True)
+        options["fail_on_check"] = True  # the CLI's contract: a failed check is a non-zero exit
         ctx.options["emit"] = {"dir": str(out_dir), "options": options}
         return []

@@ -24,18 +24,27 @@ tvm        model.so for llvm (arm: cross-         model.so with CUDA kernels (so
 Every emitter returns an :class:`EmitResult`: the files written and the checks run on them here
 (numeric comparison with onnxruntime, ELF header, nvcc, linter), each passed, failed or skipped
 with a reason. Nothing here decides the model's numerics: the passes did that already.
+
+DIR is written as a whole or not at all: the emitter works in a hidden sibling folder that is
+renamed into place at the end (an earlier emit's files are replaced, ``tuning_db/`` is kept) and
+removed on any error or Ctrl-C. DIR may be new, empty, or an earlier emit (``emit.json`` lists
+everything in it); a folder with other files is refused (:func:`check_out_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import secrets
+import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from onnxslim.errors import UsageError
+from onnxslim.errors import OnnxSlimError, OutputError, UsageError, VerificationFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +76,7 @@ class EmitResult:
         return all(c.status != "failed" for c in self.checks)
 
     def add_file(self, path: str | os.PathLike) -> Path:
-        rel = os.path.relpath(path, self.out_dir)
+        rel = os.path.relpath(path, getattr(self, "work_dir", None) or self.out_dir)
         if rel not in self.files:
             self.files.append(rel)
         return Path(path)
@@ -87,6 +96,9 @@ class EmitResult:
         out = asdict(self)
         out["ok"] = self.ok
         return out
+
+    def first_failure(self) -> Check | None:
+        return next((c for c in self.checks if c.status == "failed"), None)
 
     def summary(self) -> str:
         counts = {s: sum(c.status == s for c in self.checks) for s in ("passed", "failed", "skipped")}
@@ -117,29 +129,184 @@ def validate(target: str, device: str, options: dict[str, Any], model=None) -> d
     return module.validate(device, dict(options), model)
 
 
+class EmitCheckFailedError(VerificationFailedError):
+    """An emitted artifact failed a check (exit 1, like a failed verification). DIR holds the
+    artifacts and ``emit.json`` says which check failed; ``result`` is the :class:`EmitResult`."""
+
+    def __init__(self, message: str, result: EmitResult):
+        super().__init__(message)
+        self.result = result
+
+
+MANIFEST = "emit.json"
+KEPT = ("tuning_db",)  # kept across re-emits into the same DIR: meta-schedule records are costly to redo
+
+
+def check_out_dir(out_dir: str | os.PathLike, probe: bool = False) -> None:
+    """Refuse (OutputError, one line) an --emit DIR that cannot become the emitted folder: a file,
+    a broken link, a folder holding files an earlier emit did not write, or a place where no
+    folder can be created. ``probe`` also creates and removes it (or a sibling) to be sure."""
+    out = Path(out_dir)
+    if os.path.lexists(out) and not out.exists():
+        raise OutputError(f"--emit {out}: is a broken link")
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"--emit {out}: exists and is not a folder")
+        _check_owned(out)
+    else:
+        ancestor = out.absolute().parent
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise OutputError(f"--emit {out}: cannot create it, {ancestor} is not a folder")
+    if probe:
+        with _staging(out):
+            pass
+
+
+def _check_owned(out: Path) -> None:
+    try:
+        entries = set(os.listdir(out))
+    except OSError as exc:
+        raise OutputError(f"--emit {out}: cannot read the folder: {exc.strerror or exc}") from None
+    if not entries:
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        owned = {Path(f).parts[0] for f in manifest["files"]} | {MANIFEST, *KEPT}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        raise OutputError(f"--emit {out}: the folder is not empty and holds no {MANIFEST} from an earlier emit; "
+                          "choose a new or empty folder (its files are never deleted)") from None
+    foreign = sorted(entries - owned)
+    if foreign:
+        raise OutputError(f"--emit {out}: holds {foreign[0]!r}, which no earlier emit wrote; choose a new or empty "
+                          "folder, or move it away (the folder is replaced as a whole)")
+
+
 def emit(target: str, device: str, model_path: str | os.PathLike, out_dir: str | os.PathLike,
          options: dict[str, Any] | None = None) -> EmitResult:
     """Write the deployable artifacts of ``model_path`` for (target, device) into ``out_dir``.
 
     ``options`` are those :func:`validate` returned (plus ``input_shapes`` when the user fixed
     any). Writes ``emit.json`` (the result) beside the artifacts; raises UsageError for models
-    the backend cannot take (e.g. ops TVM cannot import), with the reason on one line.
+    the backend cannot take (e.g. ops TVM cannot import), with the reason on one line. DIR is
+    replaced as a whole at the end and left as it was on any error (:func:`check_out_dir`).
+    With ``options["fail_on_check"]`` (the CLI) a failed check raises :class:`EmitCheckFailedError`
+    once DIR is written; otherwise the result says so (``result.ok``).
     """
     import time
 
     options = validate(target, device, dict(options or {}))
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--emit {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     result = EmitResult(target, device, str(out))
+    quiet = not logging.getLogger("onnxslim").isEnabledFor(logging.WARNING)
     start = time.perf_counter()
-    _module(target).emit(device, Path(model_path), out, options, result)
-    result.seconds = round(time.perf_counter() - start, 3)
-    manifest = out / "emit.json"
-    manifest.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-    result.add_file(manifest)
+    with _staging(out) as work:
+        result.work_dir = str(work)
+        result.dest_dir = str(out.resolve())
+        try:
+            for name in KEPT:  # carried over from the emit this one replaces
+                if (out / name).is_dir():
+                    shutil.copytree(out / name, work / name, symlinks=True)
+                    result.add_file(work / name)
+            with silenced(quiet):
+                _module(target).emit(device, Path(model_path), work, options, result)
+        except OnnxSlimError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"--emit {out}: cannot write the artifacts: {exc.strerror or exc}") from exc
+        result.seconds = round(time.perf_counter() - start, 3)
+        (work / MANIFEST).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        result.add_file(work / MANIFEST)
+        _replace(work, out)
+    del result.work_dir, result.dest_dir
+    failed = result.first_failure()
+    if failed is not None and options.get("fail_on_check"):
+        raise EmitCheckFailedError(f"--emit {out}: check failed: {failed.name}: {failed.detail or 'failed'} "
+                                   f"(the artifacts are in {out}; see {out / MANIFEST})", result)
     return result
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A hidden folder beside ``out`` (missing parents created); removed, with the parents it
+    created, unless :func:`_replace` moved it into place. Ctrl-C included."""
+    dest = out.resolve()
+    created: list[Path] = []
+    work = dest.parent / f".{dest.name}.emit-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        try:
+            missing = []
+            parent = dest.parent
+            while not os.path.lexists(parent):
+                missing.append(parent)
+                parent = parent.parent
+            for folder in reversed(missing):
+                folder.mkdir()
+                created.append(folder)
+            work.mkdir(mode=0o755)
+        except OSError as exc:
+            raise OutputError(f"--emit {out}: cannot create it: {exc.strerror or exc}") from None
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when still empty
+
+
+def _replace(work: Path, out: Path) -> None:
+    """Move the finished folder into place; the earlier emit in ``out`` is removed only after."""
+    dest = out.resolve()
+    if not dest.exists():
+        os.rename(work, dest)
+        return
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    os.rename(dest, old)
+    try:
+        os.rename(work, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    finally:
+        if os.path.lexists(dest):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+_DEVNULL = None
+
+
+@contextlib.contextmanager
+def silenced(active: bool = True) -> Iterator[None]:
+    """Send everything printed meanwhile to /dev/null: Python's sys.stdout/sys.stderr and the
+    process's file descriptors 1 and 2 (TVM's C++ log and meta-schedule's workers write there)."""
+    global _DEVNULL
+    if not active:
+        yield
+        return
+    if _DEVNULL is None:  # never closed: a logging handler created meanwhile may keep it
+        _DEVNULL = open(os.devnull, "w")  # noqa: SIM115
+    saved: list[tuple[int, int]] = []
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+            except OSError:
+                continue
+            os.dup2(_DEVNULL.fileno(), fd)
+        with contextlib.redirect_stdout(_DEVNULL), contextlib.redirect_stderr(_DEVNULL):
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _module(target: str):
@@ -152,4 +319,5 @@ def _module(target: str):
     return module
 
 
-__all__ = ["DEVICES", "TARGETS", "Check", "EmitResult", "emit", "refusal", "validate"]
+__all__ = ["DEVICES", "TARGETS", "Check", "EmitCheckFailedError", "EmitResult", "check_out_dir", "emit", "refusal",
+           "silenced", "validate"]

@@ -4,7 +4,8 @@ the Q/DQ placement rules of explicit quantization, and says what is wrong and wh
     python -m onnxslim.targets.lint model.onnx [--json report.json]
 
 One line per finding (``MODEL: error|warning: node 'x' (Conv): message [RULE]``). Exit 0: clean;
-1: findings; 2: bad input (missing file, not an ONNX model).
+1: findings; 2: bad input (missing file, not an ONNX model, a --json path that is the model,
+a folder or in a missing folder).
 
 Rules (errors make the engine build fail or compute the wrong thing; warnings cost speed/accuracy):
 
@@ -336,7 +337,9 @@ def lint_file(path: str | Path) -> list[Finding]:
     return lint(io.load(path))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "onnxslim-lint") -> int:
+    """Exit 0 clean, 1 findings, 2 bad input (model, --json path); errors are one line on stderr.
+    The findings go to stdout; a reader that stops early (``| head -1``) ends the printing quietly."""
     parser = argparse.ArgumentParser(prog="python -m onnxslim.targets.lint",
                                      description="Check an ONNX model against TensorRT's ONNX support and Q/DQ rules.")
     parser.add_argument("model")
@@ -345,17 +348,87 @@ def main(argv: list[str] | None = None) -> int:
     from onnxslim.errors import OnnxSlimError
 
     try:
+        if args.json_path:
+            from onnxslim import io
+
+            io.check_input_file(args.model)  # a missing model is the first thing to say
+            check_json_path(args.json_path, args.model)
         findings = lint_file(args.model)
     except OnnxSlimError as exc:
-        print(f"onnxslim-lint: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    for f in findings:
-        print(f.line(args.model))
+    _print_lines([f.line(args.model) for f in findings])
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
+        try:
+            _write_atomically(Path(args.json_path), json.dumps([asdict(f) for f in findings], indent=2) + "\n")
+        except OSError as exc:
+            print(f"{prog}: error: --json {args.json_path}: cannot write it: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     errors = sum(f.level == "error" for f in findings)
     print(f"{args.model}: {errors} error(s), {len(findings) - errors} warning(s)", file=sys.stderr)
     return 1 if findings else 0
+
+
+def check_json_path(json_path: str | Path, model: str | Path) -> None:
+    """The --json file must not be the model (any spelling: symlink, hard link), nor one of its
+    external-data files, and must be a writable file in an existing folder (OutputError)."""
+    import os
+
+    from onnxslim.errors import OutputError
+    from onnxslim.targets.common import _external_locations, header
+
+    out, model = Path(json_path), Path(model)
+    inputs = [("the input model", model)]
+    if model.is_file():
+        try:
+            inputs += [(f"the model's external data {name}", model.parent / name)
+                       for name in sorted(_external_locations(header(model)))]
+        except Exception:  # not a model: lint_file says so
+            pass
+    for what, path in inputs:
+        try:
+            if out.resolve() == path.resolve() or (out.exists() and path.exists() and os.path.samefile(out, path)):
+                raise OutputError(f"--json {out}: is {what}; choose another path")
+        except (OSError, RuntimeError):
+            pass
+    if out.is_dir():
+        raise OutputError(f"--json {out}: is a folder; give a file name")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"--json {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"--json {out}: folder {parent} is not writable")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    import os
+    import secrets
+
+    tmp = path.absolute().parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _print_lines(lines: list[str]) -> None:
+    """Print to stdout; when the reader has gone (BrokenPipeError), stop without a traceback and
+    point stdout at /dev/null so that the flush at exit does not complain either."""
+    import os
+
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
+            pass
 
 
 if __name__ == "__main__":

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnx.external_data_helper
 import onnxruntime as ort
 
 from onnxslim.errors import UsageError
 from onnxslim.targets import EmitResult
-from onnxslim.targets.common import compare, copy_model, cosine, header, is_quantized, sample_feeds
+from onnxslim.targets.common import _external_locations, compare, copy_model, cosine, header, is_quantized, one_line, sample_feeds
 
 MIN_QDQ_COSINE = 0.999
 _LARGE_MODEL_BYTES = 1_500_000_000  # above this the optimized model keeps its weights in a .data file
@@ -88,7 +90,11 @@ def emit(device: str, model_path: Path, out: Path, options: dict[str, Any], resu
 
     model = header(model_path)
     feeds = sample_feeds(model, options.get("input_shapes"), seed=0, samples=2)
-    names, want = _run(model_path, feeds)
+    try:
+        names, want = _run(model_path, feeds)
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        raise UsageError(f"--target ort: onnxruntime cannot run the model ({one_line(exc, 200)}); the optimized "
+                         "model is written, nothing was emitted") from exc
     _check_same("model.onnx runs on ORT CPU and matches the input model", target, names, want, feeds,
                 is_quantized(model), result)
     if options.get("ort_format"):
@@ -112,7 +118,7 @@ def _optimize_offline(device: str, source: Path, target: Path, result: EmitResul
     try:
         ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated types
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = one_line(exc, 200)
         result.note(f"onnxruntime could not optimize the model offline ({first}); model.onnx is the input model as is")
         for path in copy_model(source, target):
             result.add_file(path)
@@ -120,8 +126,32 @@ def _optimize_offline(device: str, source: Path, target: Path, result: EmitResul
     result.add_file(target)
     if (target.parent / (target.name + ".data")).is_file():
         result.add_file(target.parent / (target.name + ".data"))
+    for path in _own_external_data(source, target):
+        result.add_file(path)
     level = "basic (provider-independent)" if device == "cuda" else "extended (CPU provider)"
     result.notes.append(f"model.onnx: onnxruntime graph optimizations at the {level} level applied offline")
+
+
+def _own_external_data(source: Path, target: Path) -> list[Path]:
+    """Make DIR self-contained: onnxruntime's optimized model still names the input's external-data
+    file(s) for the weights it left alone, relative to the input's folder. Copy those files beside
+    model.onnx (plain file names, as onnxslim writes them), or rewrite the model with its own
+    model.onnx.data when a name is a path or would collide with an emitted file."""
+    names = sorted(_external_locations(header(target)))
+    missing = [n for n in names if not (target.parent / n).is_file()]
+    if not missing:
+        return []
+    reserved = {target.name, target.name + ".data", "session.json", "run_ort.py", "model.ort", "emit.json"}
+    if all(Path(n).name == n and n not in reserved and (source.parent / n).is_file() for n in missing):
+        for name in missing:
+            shutil.copyfile(source.parent / name, target.parent / name)
+        return [target.parent / n for n in missing]
+    model = onnx.load(str(target), load_external_data=False)
+    onnx.external_data_helper.load_external_data_for_model(model, str(source.parent))
+    data = target.name + ".data"
+    onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024)
+    return [target.parent / data] if (target.parent / data).is_file() else []
 
 
 def _model_bytes(path: Path) -> int:
@@ -143,7 +173,7 @@ def _check_same(name: str, path: Path, names: list[str], want, feeds, quantized:
     try:
         _, got = _run(path, feeds)
     except Exception as exc:  # a broken artifact is a failed check, not a crash
-        result.check(name, "failed", f"does not run: {str(exc).strip().splitlines()[0][:200]}")
+        result.check(name, "failed", f"does not run: {one_line(exc, 200)}")
         return
     if not quantized:
         ok, detail = compare(names, want, got)
@@ -163,7 +193,11 @@ def _convert_to_ort(device: str, source: Path, out: Path, result: EmitResult) ->
         cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(work / "model.onnx"),
                "--output_dir", str(Path(tmp) / "out"), "--optimization_style", "Fixed",
                "--target_platform", "arm" if device == "arm" else "amd64"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        except subprocess.TimeoutExpired:
+            result.check("model.ort written by onnxruntime's converter", "failed", "timed out after 1 h")
+            return None
         produced = sorted((Path(tmp) / "out").glob("*.ort"))
         if proc.returncode != 0 or not produced:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -184,6 +218,8 @@ _LOADER = '''"""Run the emitted model with the settings in session.json (written
 """
 import json, pathlib, sys
 import numpy as np
+import onnx
+import onnx.external_data_helper
 import onnxruntime as ort
 
 here = pathlib.Path(__file__).parent

@@ -45,6 +45,8 @@ def validate(device: str, options: dict[str, Any], model=None) -> dict[str, Any]
         raise UsageError(f"--trt-precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     options["precision"] = precision
     options["shapes"] = parse_shapes(options.get("shapes") or ())
+    if model is not None:  # names and ranks against the model's inputs, before any work
+        profile(input_specs(model, options.get("input_shapes")), options["shapes"], [])
     return options
 
 
@@ -55,6 +57,8 @@ def parse_shapes(values) -> dict[str, tuple[list[int], list[int], list[int]]]:
     out = {}
     for value in values:
         name, sep, rest = str(value).rpartition(":")
+        if name in out:
+            raise UsageError(f"--trt-shapes {value!r}: {name} is given twice")
         parts = rest.split("/")
         if not sep or not name or len(parts) != 3:
             raise UsageError(f"--trt-shapes {value!r}: expected NAME:MIN/OPT/MAX, e.g. input_ids:1x16/1x128/8x512")
@@ -82,6 +86,9 @@ def profile(specs: list[InputSpec], given: dict[str, tuple], notes: list[str]) -
             if len(lo) != len(spec.dims):
                 raise UsageError(f"--trt-shapes {spec.name}: rank {len(lo)} given, the input has rank {len(spec.dims)}")
             for axis, d in enumerate(spec.dims):
+                if isinstance(d, int) and not lo[axis] == mid[axis] == hi[axis] == d:
+                    raise UsageError(f"--trt-shapes {spec.name}: axis {axis} is fixed to {d} in the model, "
+                                     f"the profile gives {lo[axis]}/{mid[axis]}/{hi[axis]}")
                 if isinstance(d, str) and d != "?":
                     named.setdefault(d, (lo[axis], mid[axis], hi[axis]))
     out, defaulted = {}, []

@@ -19,7 +19,10 @@ as a dict (TVM rejects target strings with flags):
 
 Ops the importer has no converter for raise a UsageError that lists them; the cleanup pipeline
 has already folded shape subgraphs by then, and ``--input-shape`` makes more of them static.
-``--tvm-tune-trials N`` tunes with meta-schedule (:mod:`onnxslim.targets.tvm_tune`).
+``--tvm-tune-trials N`` tunes with meta-schedule (:mod:`onnxslim.targets.tvm_tune`). A build, link
+or tuning error of TVM on a model it imported is a UsageError too (exit 2, TVM's first line).
+Options are checked up front: ``--tvm-mcpu`` against LLVM's CPU list for the device's triple (TVM
+itself only warns and falls back to a generic CPU), the tuning database's JSON lines, ...
 """
 
 from __future__ import annotations
@@ -48,27 +51,85 @@ _EM_AARCH64 = 183
 def validate(device: str, options: dict[str, Any], model=None) -> dict[str, Any]:
     if importlib.util.find_spec("tvm") is None:
         raise UsageError("--target tvm needs apache-tvm: pip install 'onnxslim[tvm]'")
-    trials = int(options.get("tune_trials") or 0)
+    raw = options.get("tune_trials")
+    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int)):
+        raise UsageError(f"--tvm-tune-trials {raw!r}: expected a whole number of trials")
+    trials = int(raw or 0)
     if trials < 0:
         raise UsageError("--tvm-tune-trials must be >= 0")
     db = options.get("tuning_db")
     if (trials or db) and device != "x86":
         raise UsageError("--tvm-tune-trials/--tvm-tuning-db: tuning measures kernels on this machine, so it applies "
                          "to --device x86 only")
-    if db and not trials and not (Path(db) / "database_tuning_record.json").is_file():
-        raise UsageError(f"--tvm-tuning-db {db}: no tuning database there (tune once with --tvm-tune-trials N)")
+    if db:
+        _check_tuning_db(Path(db), trials)
     if device == "arm" and shutil.which(ARM_CXX) is None:
         raise UsageError(f"--target tvm --device arm needs the cross compiler {ARM_CXX} "
                          "(Debian: apt-get install g++-aarch64-linux-gnu)")
+    if options.get("cuda_arch") and device != "cuda":
+        raise UsageError(f"--tvm-cuda-arch applies to --device cuda, not {device}")
     arch = options.get("cuda_arch") or "sm_80"
-    if not (arch.startswith("sm_") and arch[3:].rstrip("a").isdigit()):
+    if not (isinstance(arch, str) and arch.startswith("sm_") and arch[3:].rstrip("a").isdigit()):
         raise UsageError(f"--tvm-cuda-arch {arch!r}: expected sm_XX, e.g. sm_80")
+    mcpu = options.get("mcpu")
+    if mcpu:
+        if device == "cuda":
+            raise UsageError("--tvm-mcpu: the LLVM CPU applies to --device x86 or arm; for cuda use --tvm-cuda-arch")
+        _check_mcpu(str(mcpu), device)
     options.update(tune_trials=trials, cuda_arch=arch)
     if model is not None and (trials or db):
         dynamic = [s.name for s in input_specs(model, options.get("input_shapes")) if s.dynamic]
         if dynamic:
             raise UsageError(f"--tvm-tune-trials needs static input shapes; fix {', '.join(dynamic)} with --input-shape NAME:D1,D2,...")
     return options
+
+
+_DB_FILES = ("database_tuning_record.json", "database_workload.json")
+
+
+def _check_tuning_db(db: Path, trials: int) -> None:
+    """A tuning database is a folder of two JSON-lines files: readable and parseable, or, when
+    tuning will create it, a folder that can be created."""
+    if db.exists() and not db.is_dir():
+        raise UsageError(f"--tvm-tuning-db {db}: is a file; give the database folder (it holds {_DB_FILES[0]})")
+    if not db.exists():
+        if not trials:
+            raise UsageError(f"--tvm-tuning-db {db}: no tuning database there (tune once with --tvm-tune-trials N)")
+        ancestor = db.absolute().parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise UsageError(f"--tvm-tuning-db {db}: cannot create it, {ancestor} is not a folder")
+        return
+    if not trials and not (db / _DB_FILES[0]).is_file():
+        raise UsageError(f"--tvm-tuning-db {db}: no tuning database there (tune once with --tvm-tune-trials N)")
+    for name in _DB_FILES:
+        path = db / name
+        if not os.path.lexists(path):
+            continue
+        try:
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    json.loads(line)
+        except OSError as exc:
+            raise UsageError(f"--tvm-tuning-db {db}: cannot read {name}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise UsageError(f"--tvm-tuning-db {db}: {name} line {number} is not JSON; not a meta-schedule "
+                             "database (or a damaged one)") from None
+
+
+def _check_mcpu(mcpu: str, device: str) -> None:
+    """LLVM knows the CPU for the device's triple (otherwise TVM warns and silently uses generic)."""
+    try:
+        from tvm.target import codegen
+
+        triple = "aarch64-linux-gnu" if device == "arm" else codegen.llvm_get_system_triple()
+        valid = codegen.llvm_is_valid_cpu(mcpu, triple)
+    except Exception:  # an older TVM without the query: let LLVM decide at build time
+        return
+    if not valid:
+        example = "cortex-a76 or neoverse-n1" if device == "arm" else "skylake-avx512 or znver3"
+        raise UsageError(f"--tvm-mcpu {mcpu!r}: LLVM knows no such CPU for {triple} (e.g. {example})")
 
 
 def target_for(device: str, options: dict[str, Any]):
@@ -122,19 +183,24 @@ def emit(device: str, model_path: Path, out: Path, options: dict[str, Any], resu
     if device == "x86" and (options.get("tune_trials") or options.get("tuning_db")):
         from onnxslim.targets import tvm_tune
 
-        db = Path(options.get("tuning_db") or out / "tuning_db")
-        mod, tuning = tvm_tune.tune(mod, target, db, int(options.get("tune_trials") or 0))
-        result.notes.append(f"meta-schedule: {tuning['trials']} trial(s) this run, database {db} "
+        db, shown = _tuning_db(options.get("tuning_db"), out, result)
+        with _backend("meta-schedule tuning"):
+            mod, tuning = tvm_tune.tune(mod, target, db, int(options.get("tune_trials") or 0))
+        tuning["database"] = str(shown)
+        if db.is_relative_to(out):
+            result.add_file(out / db.relative_to(out).parts[0])
+        result.notes.append(f"meta-schedule: {tuning['trials']} trial(s) this run, database {shown} "
                             f"({tuning['records']} record(s); reuse it with --tvm-tuning-db)")
-    with _quiet_cuda_compile(device):
+    with _backend("tvm.compile"), _quiet_cuda_compile(device):
         executable = tvm.compile(mod, target=target)
     library = out / "model.so"
-    if device == "arm":
-        from tvm.support import cc
+    with _backend("export_library (linking model.so)"):
+        if device == "arm":
+            from tvm.support import cc
 
-        executable.export_library(str(library), fcompile=cc.cross_compiler(ARM_CXX))
-    else:
-        executable.export_library(str(library))
+            executable.export_library(str(library), fcompile=cc.cross_compiler(ARM_CXX))
+        else:
+            executable.export_library(str(library))
     result.add_file(library)
     model = header(model_path)
     meta = _metadata(model, device, target, options, tuning)
@@ -149,6 +215,43 @@ def emit(device: str, model_path: Path, out: Path, options: dict[str, Any], resu
         _check_under_qemu(out, model_path, model, options, result)
     else:
         _check_cuda_kernels(executable, out, result)
+
+
+def _tuning_db(given: str | None, out: Path, result: EmitResult) -> tuple[Path, Path]:
+    """(where tuning writes, what the user is told). The default DIR/tuning_db, or a database the
+    user named inside DIR, is worked on in the staging folder (seeded from DIR's copy) so that it
+    moves into place with the rest; a database elsewhere is extended where it is."""
+    final = Path(getattr(result, "dest_dir", None) or result.out_dir)
+    if not given:
+        return out / "tuning_db", Path(result.out_dir) / "tuning_db"
+    path = Path(given)
+    try:
+        inside = path.resolve().relative_to(final.resolve())
+    except ValueError:
+        return path, path
+    work = out / inside
+    if not work.exists() and (final / inside).is_dir():
+        shutil.copytree(final / inside, work, symlinks=True)
+    return work, path
+
+
+class _backend:
+    """TVM failing on a model it accepted (a build, link or tuning error) is this model/target
+    combination failing, not a bug of ours: a UsageError (exit 2) with TVM's first line."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, (UsageError, OSError)):
+            return False
+        from onnxslim.targets.common import one_line
+
+        raise UsageError(f"--target tvm: {self.what} failed: {one_line(exc)}; the optimized model is written, "
+                         "nothing was emitted") from exc
 
 
 def _metadata(model, device: str, target, options: dict[str, Any], tuning: dict | None) -> dict[str, Any]:
