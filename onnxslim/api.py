@@ -51,6 +51,9 @@ def _check_opsets_known(model: onnx.ModelProto) -> None:
 def build_pipeline(passes: str | None = None, skip: Sequence[str] = (), extra: Sequence[str] = ()) -> Pipeline:
     text = DEFAULT_PIPELINE if passes is None else passes
     if extra:
+        named = set(Pipeline(parse_pipeline(text)).pass_names()) if passes is not None else set()
+        # A stage's lossy pass already named in --passes runs where the user put it, once.
+        extra = [name for name in extra if name == "infer_shapes" or name not in named or not get_pass(name).lossy]
         text = ",".join([text, *extra])
     steps = parse_pipeline(text)
     if skip:
@@ -323,6 +326,7 @@ def configure_stages(
 ) -> list[str]:
     """Load calibration data into ``ctx`` and let every stage add its lossy steps."""
     from onnxslim.calibration import load_calibration
+    from onnxslim.calibration.data import fit_to_model
     from onnxslim.stages import stages
 
     calibration = None
@@ -334,6 +338,7 @@ def configure_stages(
     if calib_data is not None:
         calibration = load_calibration(calib_data, model, calib_size)
         calibration, held = calibration.split(min(holdout, max(0, len(calibration) // 5)))
+        held = fit_to_model(calibration, held, model, ctx.input_shapes)  # up front: samples that fit, batches it takes
     ctx.data["calibration"] = calibration
     ctx.data["holdout"] = held
     ctx.data["seed"] = seed
@@ -363,14 +368,21 @@ def _lossy_verification(original: Any, candidate: Any, ctx: PassContext, header:
     try:
         fid = measure_fidelity(original, candidate, feeds)
     except Exception as exc:  # onnxruntime raises unrelated types for a broken model
-        return VerificationResult("failed", len(feeds), seed, reason=f"model does not run: {str(exc).splitlines()[0][:300]}",
+        return VerificationResult("failed", _rows(feeds), seed, reason=f"model does not run: {str(exc).splitlines()[0][:300]}",
                                   mode="lossy", samples_from=source)
     status, reason = "measured", ""
     if min_cosine is not None:  # a NaN cosine (a broken model) is the worst, never hidden by min()
         worst = min((f.cosine for f in fid), key=lambda c: (not np.isnan(c), c), default=1.0)
         status = "passed" if worst >= min_cosine else "failed"
         reason = f"worst cosine {worst:.5f} vs budget {min_cosine}"
-    return VerificationResult(status, len(feeds), seed, reason=reason, mode="lossy", fidelity=fid, samples_from=source)
+    return VerificationResult(status, _rows(feeds), seed, reason=reason, mode="lossy", fidelity=fid, samples_from=source)
+
+
+def _rows(feeds: list[dict[str, np.ndarray]]) -> int:
+    """Samples in a list of feeds: a fixed-batch model's held-out feeds hold a batch each."""
+    from onnxslim.calibration.data import batch_rows
+
+    return sum(max(1, batch_rows(f)) for f in feeds)
 
 
 @dataclass

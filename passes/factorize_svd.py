@@ -18,9 +18,14 @@ rewritten only when ``r (K + N) <= (1 - min_saving) K N`` (and its MACs drop as 
 is left as it is, with a ``ctx.decline`` note and a details row saying why.
 
 Preconditions: default domain; exactly one operand constant, 2-D and float; the weight read by
-this node only; Conv with group 1 and constant bias; ``min(K, N) >= min_size``. Activation
+this node only; Conv with group 1 and constant bias; ``min(K, N) >= min_size``. Every candidate
+that misses one has a details row (``factorized: false`` and the ``reason``). Activation
 statistics (when calibration data is given, or the method or rule needs data) come from one
 onnxruntime session over all layers; per-layer errors on held-out inputs go to the report.
+Statistics that overflow (huge calibration values) or that no batch filled are dropped with a
+warning: those layers use plain SVD (row ``note``); a decomposition that still fails leaves the
+layer alone with a row saying why. ``method=whiten`` on spatial convolutions (plain only) warns.
+The pass factorizes a graph once (a second run in the same pipeline warns and does nothing).
 """
 
 from __future__ import annotations
@@ -28,18 +33,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.calibration import synthetic
+from onnxslim.calibration.data import model_inputs
 from onnxslim.errors import UsageError
 from onnxslim.graph import NameScope, consumers, export_model, opset
 from onnxslim.pipeline import Pass, PassContext, PassResult
-from onnxslim.svd.collect import Cache, collect_moments, weight_digest
+from onnxslim.svd.collect import Cache, collect_moments, fixed_batch, weight_digest
 from onnxslim.svd.linalg import Decomposition, choose_rank, decompose
 from onnxslim.svd.sites import Site, emit, find_site, macs
 from onnxslim.svd.spec import SvdSpec
 
 logger = logging.getLogger(__name__)
+
+_APPLIED = "_onnxslim_factorize_svd_applied"  # marks a graph this pass factorized (it runs once per graph)
 
 
 class FactorizeSvd(Pass):
@@ -53,23 +62,45 @@ class FactorizeSvd(Pass):
         if not options:
             raise UsageError("factorize_svd needs a rank rule: use --svd energy=0.95 (or rank=N, ratio=F, error=F)")
         spec = SvdSpec.from_options(dict(options))
+        if graph.__dict__.get(_APPLIED):  # e.g. --passes ...,factorize_svd together with --svd
+            logger.warning("factorize_svd: already applied to this model in this pipeline; it runs once "
+                           "(leave factorize_svd out of --passes when --svd is given)")
+            return PassResult(False, {"layers_factorized": 0, "layers_declined": 0})
         rows: list[dict[str, Any]] = []
         sites = self._sites(graph, spec, ctx, rows)
         counters: dict[str, int | float] = {"layers_factorized": 0, "layers_declined": len(rows)}
         if not sites:
             return PassResult(False, counters, rows)
+        if spec.method == "whiten":
+            spatial = [s.node.name for s in sites if s.layout is None]
+            if spatial:
+                logger.warning("factorize_svd: method=whiten does not apply to spatial (kxk) convolutions: %d layer(s) "
+                               "(e.g. %r) use plain SVD", len(spatial), spatial[0])
         calibration, holdout, real_data = self._data(graph, spec, sites, ctx)
         method_whitens = spec.method == "whiten" or (spec.method == "auto" and real_data)
         # Statistics are cached by the identity of the caller's data objects (real data only).
         cache = Cache(ctx.data.get("svd_cache") if real_data else None, ctx.data.get("calibration"), ctx.data.get("holdout"))
         calib_m, held_m = self._moments(graph, sites, calibration, holdout, spec, cache)
+        unusable = _drop_unusable(calib_m, held_m, want=method_whitens)
         scope = NameScope(graph)
         totals = {"params_removed": 0, "bytes_removed": 0, "macs_removed": 0}
         for site in sites:
             whiten = method_whitens and site.stats_key in calib_m
-            dec = self._decomposition(site, spec, whiten, calib_m, held_m, cache)
+            try:
+                dec = self._decomposition(site, spec, whiten, calib_m, held_m, cache)
+            except (np.linalg.LinAlgError, ValueError) as exc:
+                dec, reason = self._fallback(site, spec, whiten, exc)
+                if dec is None:
+                    ctx.decline(self.name, where=site.node.name, reason=reason)
+                    rows.append({"layer": site.node.name, "op": site.node.op, "kind": site.kind, "shape": [site.k, site.n],
+                                 "factorized": False, "reason": reason})
+                    counters["layers_declined"] += 1
+                    continue
+                whiten = False
             rank = choose_rank(spec.rule, spec.value, dec, site.k, site.n)
             row = _row(site, dec, rank, whiten)
+            if site.stats_key is not None and site.stats_key in unusable:
+                row["note"] = unusable[site.stats_key]
             reason = _no_gain(row, spec.min_saving)
             if reason:
                 ctx.decline(self.name, where=site.node.name, reason=reason)
@@ -85,7 +116,21 @@ class FactorizeSvd(Pass):
                 totals["macs_removed"] += row["macs_before"] - row["macs_after"]
         if counters["layers_factorized"]:
             counters.update(totals)
+            graph.__dict__[_APPLIED] = True
         return PassResult(counters["layers_factorized"] > 0, counters, rows)
+
+    @staticmethod
+    def _fallback(site: Site, spec: SvdSpec, whiten: bool, exc: Exception) -> tuple[Decomposition | None, str]:
+        """After a failed decomposition: plain SVD when whitening failed, else why the layer is skipped."""
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if whiten:
+            logger.warning("factorize_svd: whitening failed for %s (%s); it uses plain SVD", site.node.name, first)
+            try:
+                return decompose(site.weight, site.bias, whiten=False), ""
+            except (np.linalg.LinAlgError, ValueError) as again:
+                first = (str(again).strip().splitlines() or [type(again).__name__])[0]
+        logger.warning("factorize_svd: skipped %s: its weight cannot be decomposed (%s)", site.node.name, first)
+        return None, f"the decomposition failed: {first}"
 
     def _sites(self, graph: gs.Graph, spec: SvdSpec, ctx: PassContext, rows: list[dict[str, Any]]) -> list[Site]:
         graph_opset = opset(graph)
@@ -96,10 +141,14 @@ class FactorizeSvd(Pass):
                 continue
             if isinstance(found, str):
                 ctx.decline(self.name, where=node.name, reason=found)
+                rows.append({"layer": node.name, "op": node.op, "factorized": False, "reason": found})
                 continue
             readers = len(consumers(found.weight_tensor))
             if readers > 1:
-                ctx.decline(self.name, where=node.name, reason=f"weight {found.weight_tensor.name!r} is shared by {readers} nodes")
+                reason = f"weight {found.weight_tensor.name!r} is shared by {readers} nodes"
+                ctx.decline(self.name, where=node.name, reason=reason)
+                rows.append({"layer": node.name, "op": node.op, "kind": found.kind, "shape": [found.k, found.n],
+                             "factorized": False, "reason": reason})
                 continue
             if min(found.k, found.n) < spec.min_size:  # the user's filter, not a failure: no decline
                 reason = f"{found.k}x{found.n} is smaller than the minimum size {spec.min_size}"
@@ -121,7 +170,9 @@ class FactorizeSvd(Pass):
                            "statistics, which may not resemble real data (give --calib-data)",
                            "data-aware SVD" if spec.method == "whiten" else f"the error budget {spec.value:g}", spec.calib_samples)
             header = export_model(gs.Graph(inputs=list(graph.inputs), opset=graph.opset))  # inputs only
-            calibration = synthetic(header, spec.calib_samples, seed=int(ctx.data.get("seed", 0)),
+            batch = fixed_batch(model_inputs(header)) or 1
+            count = -(-spec.calib_samples // batch) * batch  # whole batches of a fixed-batch model
+            calibration = synthetic(header, count, seed=int(ctx.data.get("seed", 0)),
                                     dims={k: list(v) for k, v in ctx.input_shapes.items()} or None)
             return calibration, holdout, False
         if calibration is None:
@@ -147,7 +198,7 @@ class FactorizeSvd(Pass):
                     held[key] = held_value
         if missing:
             new_calib, new_held = collect_moments(graph, missing, calibration, holdout, spec.batch_size)
-            thin = [key for key, k in missing.items() if new_calib[key].count < k]
+            thin = [key for key, k in missing.items() if 0 < new_calib[key].count < k]
             if thin:
                 first = thin[0]
                 logger.warning("factorize_svd: %d activation(s) have fewer calibration rows than dimensions (e.g. %r: %d rows "
@@ -173,6 +224,28 @@ class FactorizeSvd(Pass):
         if cache_key is not None:
             cache.put(cache_key, dec)
         return dec
+
+
+def _drop_unusable(calib_m: dict, held_m: dict, want: bool) -> dict:
+    """Remove statistics that cannot be used (overflowed, or no batch the model could take); a
+    warning says so. Returns {stats key: note for the report row}."""
+    notes = {}
+    for key, m in list(calib_m.items()):
+        if m.count and m.finite():
+            continue
+        why = ("calibration activations overflow (non-finite statistics)" if m.count
+               else "no calibration batch the model could take")
+        notes[key] = f"{why}: {'plain SVD, ' if want else ''}errors not measured"
+        del calib_m[key]
+        held_m.pop(key, None)
+    for key, m in list(held_m.items()):
+        if not m.finite():
+            notes.setdefault(key, "held-out activations overflow (non-finite statistics): held-out errors not measured")
+            del held_m[key]
+    if notes:
+        key, note = next(iter(notes.items()))
+        logger.warning("factorize_svd: %d activation(s) unusable for statistics (e.g. %r: %s)", len(notes), key[0], note)
+    return notes
 
 
 def _row(site: Site, dec: Decomposition, rank: int, whiten: bool) -> dict[str, Any]:

@@ -117,6 +117,52 @@ class CalibrationSet:
         return head, held
 
 
+def fixed_batch(inputs: Sequence[InputSpec]) -> int | None:
+    """The batch size a model takes when its inputs fix one leading dim (None: free or mixed)."""
+    fixed = {s.shape[0] for s in inputs if s.shape and s.shape[0] is not None}
+    return fixed.pop() if len(fixed) == 1 else None
+
+
+def with_input_shapes(inputs: Sequence[InputSpec], input_shapes: dict[str, Sequence[int]] | None) -> list[InputSpec]:
+    """The model's inputs as ``--input-shape`` fixes them."""
+    shapes = input_shapes or {}
+    return [InputSpec(s.name, s.dtype, tuple(int(d) for d in shapes[s.name])) if s.name in shapes else s for s in inputs]
+
+
+def fit_to_model(calibration: "CalibrationSet | None", held: list[Feeds], model: onnx.ModelProto,
+                 input_shapes: dict[str, Sequence[int]] | None = None) -> list[Feeds]:
+    """Up front, before any stage runs: the samples must fit the model's inputs as ``--input-shape``
+    fixes them (UsageError, one line), and a model whose batch is fixed at B > 1 needs at least B
+    calibration samples. Returns the held-out samples in batches the model takes (a short
+    remainder left out: padding would count repeated samples twice)."""
+    if calibration is None:
+        return held
+    inputs = with_input_shapes(model_inputs(model), input_shapes)
+    first = next((c for c in calibration.chunks() if batch_rows(c)), None)
+    if first is None:
+        return held
+    _validate(first, inputs, calibration.description)
+    batch = fixed_batch(inputs)
+    if batch is None or batch <= 1:
+        return held
+    count = len(calibration)
+    if count < batch:
+        spec = next(s for s in inputs if s.shape and s.shape[0] == batch)
+        have = [count, *first[spec.name].shape[1:]]
+        raise UsageError(f"calibration data {calibration.description}: {spec.name!r} has {count} sample(s) {have}, but the model's "
+                         f"batch is fixed at {batch} ({[d if d is not None else '?' for d in spec.shape]}): give at least {batch}")
+    regrouped = CalibrationSet("held-out samples", inputs, [lambda s=s: s for s in held]).batches(batch)
+    return [feeds for feeds in regrouped if batch_rows(feeds) == batch]
+
+
+def left_over(calibration: "CalibrationSet | None", model: onnx.ModelProto, input_shapes=None) -> tuple[int, int]:
+    """(fixed batch B, calibration samples that do not fill a batch of B); (0, 0) for a free batch."""
+    batch = fixed_batch(with_input_shapes(model_inputs(model), input_shapes)) if calibration is not None else None
+    if batch is None or batch <= 1:
+        return 0, 0
+    return batch, len(calibration) % batch
+
+
 def batch_rows(chunk: Feeds) -> int:
     """Samples in a batch of feeds (the first axis of any input)."""
     return int(next(iter(chunk.values())).shape[0]) if chunk else 0

@@ -249,3 +249,27 @@ def _groups(graph: gs.Graph, slot_list: list[Slot], roots: list[int], unit_of: n
         keyed.append((first, name, Group(name, [s.tensor.name for s in slots], units, reasons)))
     keyed.sort(key=lambda k: (k[0], k[1]))
     return [g for _, _, g in keyed]
+
+
+def feature_blocks(graph: gs.Graph, cg: ChannelGraph) -> dict[str, float]:
+    """Elements per channel of every slot: 1 for channels, ``H*W`` for the features a Flatten or
+    Reshape makes of a ``C x H x W`` tensor (a Gemm/MatMul reading them), a fraction where a
+    Reshape splits channels into blocks. ``size / block`` counts a slot in channels of the layer
+    that wrote them. Nodes are visited in graph order (topological after any pass)."""
+    block: dict[str, float] = {}
+    for node in graph.nodes:
+        for out in node.outputs:
+            slot = cg.slots.get(out.name)
+            if slot is None:
+                continue
+            if node.op in LAYER_OPS:
+                block[out.name] = 1.0
+                continue
+            source = next((t for t in node.inputs if t.name in cg.slots), None)
+            if source is None:
+                block[out.name] = 1.0
+            elif node.op in ("Flatten", "Reshape"):
+                block[out.name] = block.get(source.name, 1.0) * slot.size / cg.slots[source.name].size
+            else:
+                block[out.name] = block.get(source.name, 1.0)
+    return {name: block.get(name, 1.0) for name in cg.slots}

@@ -74,14 +74,15 @@ class ActivationStats:
             return
         axis = self.cg.slots[name].axis
         x = np.moveaxis(np.abs(np.asarray(value, dtype=np.float32)), axis, 0).reshape(self.cg.slots[name].size, -1)
-        self.sums[name] += x.sum(1, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.sums[name] += x.sum(1, dtype=np.float64)
         self.counts[name] += x.shape[1]
 
     def scores(self) -> tuple[np.ndarray, np.ndarray]:
         scores = np.zeros(self.cg.elements)
         seen = np.zeros(self.cg.elements, dtype=bool)
         for name, total in self.sums.items():
-            if not self.counts[name]:
+            if not self.counts[name] or not np.isfinite(total).all():  # overflowed: not a measurement
                 continue
             slot = self.cg.slots[name]
             scores[slot.offset:slot.offset + slot.size] += _normalized(total / self.counts[name])

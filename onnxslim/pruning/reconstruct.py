@@ -129,7 +129,8 @@ class GramCollector:
             if rows is None or rows.shape[1] != layer.weight.shape[1]:
                 continue
             rows = np.concatenate([rows, np.ones((rows.shape[0], 1), np.float32)], axis=1)
-            gram = (rows.T @ rows).astype(np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):  # huge activations: refit() skips the layer
+                gram = (rows.T @ rows).astype(np.float64)
             target = "fit" if layer.batches % 2 == 0 else "val"
             current = getattr(layer, target)
             setattr(layer, target, gram if current is None else current + gram)
@@ -150,15 +151,19 @@ class _LeastSquares:
 
     @staticmethod
     def solve(gkk: np.ndarray, rhs: np.ndarray, ridge: float) -> np.ndarray | None:
+        """``(G_kk + ridge * mean(diag) I)^-1 rhs``; None when it cannot be solved (or is not finite)."""
         scale = float(np.mean(np.diag(gkk))) or 1.0
-        a = gkk.astype(np.float32)  # single precision halves the cost; the ridge keeps it well conditioned
-        a[np.diag_indices_from(a)] += np.float32(ridge * scale)
+        # Divided by the scale (the solution is the same), so that single precision cannot overflow.
+        a = (gkk / scale).astype(np.float32)  # single precision halves the cost; the ridge keeps it well conditioned
+        a[np.diag_indices_from(a)] += np.float32(ridge)
         try:
-            lower = np.linalg.cholesky(a)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                lower = np.linalg.cholesky(a)
+                y = np.linalg.solve(lower, (rhs / scale).astype(np.float32))
+                out = np.linalg.solve(lower.T, y).astype(np.float64)
         except np.linalg.LinAlgError:
             return None
-        y = np.linalg.solve(lower, rhs.astype(np.float32))
-        return np.linalg.solve(lower.T, y).astype(np.float64)
+        return out if np.isfinite(out).all() else None
 
     def val_error(self, vt: np.ndarray) -> float:
         """Held-out error relative to the held-out energy of the original output."""
@@ -171,6 +176,19 @@ def refit(layer: Layer, in_keep: np.ndarray, out_keep: np.ndarray) -> tuple[np.n
     if layer.fit is None or layer.val is None:
         layer.result = {"reconstruction": "skipped: fewer than two calibration batches"}
         return None
+    if not (np.isfinite(layer.fit).all() and np.isfinite(layer.val).all()):
+        layer.result = {"reconstruction": "skipped: calibration activations overflow (non-finite statistics)"}
+        return None
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _refit(layer, in_keep, out_keep)
+    except np.linalg.LinAlgError as exc:
+        first = (str(exc).strip().splitlines() or ["LinAlgError"])[0]
+        layer.result = {"reconstruction": f"skipped: least squares failed ({first})"}
+        return None
+
+
+def _refit(layer: Layer, in_keep: np.ndarray, out_keep: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     per = layer.weight.shape[1] // in_keep.size
     feat = (np.flatnonzero(in_keep)[:, None] * per + np.arange(per)[None, :]).ravel()
     cols = np.concatenate([feat, [layer.weight.shape[1]]])
@@ -178,10 +196,13 @@ def refit(layer: Layer, in_keep: np.ndarray, out_keep: np.ndarray) -> tuple[np.n
     ls = _LeastSquares(layer.fit, layer.val, full, cols)
     base = ls.val_error(full[:, cols].T)
     best, best_err = None, base
+    if not np.isfinite(base):
+        layer.result = {"reconstruction": "skipped: calibration activations overflow (non-finite statistics)"}
+        return None
     for ridge in RIDGES:
         vt = ls.solve(ls.fit_kk, ls.fit_rhs, ridge)
         err = ls.val_error(vt) if vt is not None else float("inf")
-        if err < best_err:
+        if np.isfinite(err) and err < best_err:
             best, best_err = ridge, err
     layer.result = {"recon_err_before": round(base, 6), "recon_err_after": round(best_err, 6), "ridge": best, "rows": layer.rows}
     if best is None:

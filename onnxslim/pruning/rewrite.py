@@ -1,7 +1,8 @@
 """Apply a keep-mask over channel elements to the graph: slice weights, fix attributes, shapes.
 
 Every constant that a slot indexes (see :mod:`onnxslim.pruning.params`) is replaced by a fresh,
-sliced constant (never edited in place: deduplicated constants may be shared). Structural
+sliced constant (never edited in place: deduplicated constants may be shared); readers of one
+shared constant that need the same slice get the same new constant. Structural
 inputs follow the kept channel counts: a grouped Conv's ``group``, Split sizes, Slice bounds on
 the channel axis, Reshape target shapes and Resize ``sizes``. Finally every slot tensor's
 recorded shape takes its new channel count.
@@ -51,8 +52,9 @@ def apply_masks(graph: gs.Graph, cg: ChannelGraph, masks: Masks, scope: NameScop
     """Rewrite the graph; returns the number of nodes changed."""
     changed = masks.changed()
     nodes = touched_nodes(cg, changed)
+    sliced: dict[tuple, gs.Constant] = {}  # readers of one constant that need the same slice share it
     for node in nodes:
-        _slice_params(node, cg, masks, scope)
+        _slice_params(node, cg, masks, scope, sliced)
         _fix_structure(graph, node, cg, masks, scope)
     for name in changed:
         slot = cg.slots[name]
@@ -62,16 +64,20 @@ def apply_masks(graph: gs.Graph, cg: ChannelGraph, masks: Masks, scope: NameScop
     return len(nodes)
 
 
-def _slice_params(node: gs.Node, cg: ChannelGraph, masks: Masks, scope: NameScope) -> None:
+def _slice_params(node: gs.Node, cg: ChannelGraph, masks: Masks, scope: NameScope, sliced: dict[tuple, gs.Constant]) -> None:
     by_input: dict[int, list] = {}
     for ps in param_slices(node, cg.slots):
         if not masks.of(ps.slot).all():
             by_input.setdefault(ps.input_index, []).append(ps)
     for index, slices in by_input.items():
-        value = np.asarray(constant_value(node.inputs[index]))
-        for ps in slices:
-            value = np.take(value, masks.kept(ps.slot), axis=ps.axis)
-        node.inputs[index] = make_constant(scope, f"{node.name or node.op}_pruned", value)
+        original = node.inputs[index]
+        key = (id(original), tuple(sorted((ps.axis, masks.kept(ps.slot).tobytes()) for ps in slices)))
+        if key not in sliced:
+            value = np.asarray(constant_value(original))
+            for ps in slices:
+                value = np.take(value, masks.kept(ps.slot), axis=ps.axis)
+            sliced[key] = make_constant(scope, f"{node.name or node.op}_pruned", value)
+        node.inputs[index] = sliced[key]
 
 
 def _const_input(node: gs.Node, index: int, value, scope: NameScope, dtype=np.int64) -> None:

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from onnxslim.graph import constant_value
 from onnxslim.pruning.groups import ChannelGraph, Group
-from onnxslim.pruning.params import param_slices
+from onnxslim.pruning.params import ParamSlice, param_slices
 from onnxslim.pruning.rewrite import touched_nodes
 from onnxslim.stats import node_macs
 
@@ -70,58 +70,137 @@ class LayerCost:
     macs: int
     out_slot: str | None
     in_slot: str | None
-    params: list[tuple[int, list[str]]]  # (numel, slots slicing it)
+    group: str | None = None  # the one report row its MACs are counted in
+
+
+@dataclass
+class ConstantCost:
+    """One constant (counted once, however many nodes read it) and the slices its readers take."""
+
+    tensor: gs.Tensor
+    numel: int
+    readers: list[tuple[gs.Node, list[ParamSlice]]]  # every reader; [] = it reads the whole constant
+    group: str | None = None  # the one report row its parameters are counted in
+
+    @property
+    def shared(self) -> bool:
+        return len(self.readers) > 1
 
 
 class CostModel:
-    """MACs and parameters of the layers that touch slots, before and after a keep mask."""
+    """MACs and parameters of the layers and constants that touch slots, before and after a keep mask.
+
+    Every layer's MACs and every constant's parameters are counted in exactly one group's row:
+    a layer in the group of the channels it writes (else of those it reads), a constant in the
+    group of the layer that writes with it (else the first slot slicing it). A constant read by
+    several nodes counts once, and after pruning once per distinct slice its readers need (a
+    reader that keeps all of it keeps the original). Rows therefore add up to the model's totals.
+    """
 
     def __init__(self, graph: gs.Graph, cg: ChannelGraph):
         self.cg = cg
         self.layers: list[LayerCost] = []
+        self.constants: list[ConstantCost] = []
         self.total_macs = 0
+        self.group_of = {name: g.name for g in cg.groups for name in g.slots}
         for node in graph.nodes:
             macs, _ = node_macs(node)
             self.total_macs += macs
+        by_id: dict[int, ConstantCost] = {}
         for node in touched_nodes(cg, list(cg.slots)):
             macs, _ = node_macs(node)
             out = node.outputs[0].name if node.outputs and node.outputs[0].name in cg.slots else None
             x = node.inputs[0].name if node.inputs and node.inputs[0].name in cg.slots else None
             if node.op == "Conv" and int(node.attrs.get("group", 1)) > 1:
                 x = None  # per-group input width is unchanged: MACs follow the output alone
-            per_input: dict[int, list[str]] = {}
+            per_input: dict[int, list[ParamSlice]] = {}
             for ps in param_slices(node, cg.slots):
-                per_input.setdefault(ps.input_index, []).append(ps.slot)
-            params = [(int(np.size(constant_value(node.inputs[i]))), slots) for i, slots in per_input.items()]
-            self.layers.append(LayerCost(node, macs, out, x, params))
+                per_input.setdefault(ps.input_index, []).append(ps)
+            for i, slices in per_input.items():
+                t = node.inputs[i]
+                cost = by_id.get(id(t))
+                if cost is None:
+                    cost = by_id[id(t)] = ConstantCost(t, int(np.size(constant_value(t))), [])
+                    self.constants.append(cost)
+                cost.readers.append((node, slices))
+            owner = out or x or next((ps.slot for sl in per_input.values() for ps in sl), None)
+            self.layers.append(LayerCost(node, macs, out, x, self.group_of.get(owner) if owner else None))
+        for cost in self.constants:
+            seen = {id(n) for n, _ in cost.readers}
+            for reader in cost.tensor.outputs:  # readers that slice nothing keep the whole constant
+                if id(reader) not in seen:
+                    seen.add(id(reader))
+                    cost.readers.append((reader, []))
+            slices = [ps for _, sl in cost.readers for ps in sl]
+            owner = next((ps.slot for ps in slices if ps.role == "out"), slices[0].slot if slices else None)
+            cost.group = self.group_of.get(owner) if owner else None
 
     def fractions(self, unit_keep: np.ndarray) -> dict[str, float]:
         keep = unit_keep[self.cg.unit_of].astype(float)
         kept = np.bincount(self.cg.slot_of_element, weights=keep, minlength=len(self.cg.slot_list))
         return {s.tensor.name: kept[s.index] / s.size for s in self.cg.slot_list}
 
-    def layer_after(self, layer: LayerCost, frac: dict[str, float]) -> tuple[float, float]:
+    def layer_after(self, layer: LayerCost, frac: dict[str, float]) -> float:
         f = (frac[layer.out_slot] if layer.out_slot else 1.0) * (frac[layer.in_slot] if layer.in_slot else 1.0)
-        params = sum(n * math.prod(frac[s] for s in slots) for n, slots in layer.params)
-        return layer.macs * f, params
+        return layer.macs * f
 
     def macs_after(self, unit_keep: np.ndarray) -> float:
         frac = self.fractions(unit_keep)
-        removed = sum(layer.macs - self.layer_after(layer, frac)[0] for layer in self.layers)
+        removed = sum(layer.macs - self.layer_after(layer, frac) for layer in self.layers)
         return self.total_macs - removed
 
-    def group_costs(self, group: Group, unit_keep: np.ndarray, frac: dict[str, float] | None = None) -> dict[str, float]:
-        frac = frac or self.fractions(unit_keep)
-        names = set(group.slots)
-        row = {"macs_before": 0.0, "macs_after": 0.0, "params_before": 0.0, "params_after": 0.0}
+    def versions(self, cost: ConstantCost, element_keep: np.ndarray) -> dict[tuple, float]:
+        """Distinct versions of a constant after pruning (signature -> size); () is the original."""
+        out: dict[tuple, float] = {}
+        for _, slices in cost.readers:
+            sig, size = [], float(cost.numel)
+            for ps in slices:
+                slot = self.cg.slots[ps.slot]
+                mask = element_keep[slot.offset:slot.offset + slot.size]
+                if not mask.all():
+                    sig.append((ps.axis, np.packbits(mask).tobytes(), int(mask.size)))
+                    size *= float(mask.sum()) / mask.size
+            out[tuple(sorted(sig))] = size
+        return out
+
+    def constant_after(self, cost: ConstantCost, element_keep: np.ndarray) -> float:
+        return sum(self.versions(cost, element_keep).values())
+
+    def group_rows(self, unit_keep: np.ndarray) -> dict[str, dict[str, int]]:
+        """macs_before/after and params_before/after of every group's row (each counted once)."""
+        frac = self.fractions(unit_keep)
+        element_keep = unit_keep[self.cg.unit_of]
+        rows = {g.name: {"macs_before": 0.0, "macs_after": 0.0, "params_before": 0.0, "params_after": 0.0} for g in self.cg.groups}
         for layer in self.layers:
-            if layer.out_slot in names or layer.in_slot in names or any(names & set(s) for _, s in layer.params):
-                macs, params = self.layer_after(layer, frac)
-                row["macs_before"] += layer.macs
-                row["macs_after"] += macs
-                row["params_before"] += sum(n for n, _ in layer.params)
-                row["params_after"] += params
-        return {k: int(round(v)) for k, v in row.items()}
+            if layer.group in rows:
+                rows[layer.group]["macs_before"] += layer.macs
+                rows[layer.group]["macs_after"] += self.layer_after(layer, frac)
+        for cost in self.constants:
+            if cost.group in rows:
+                rows[cost.group]["params_before"] += cost.numel
+                rows[cost.group]["params_after"] += self.constant_after(cost, element_keep)
+        return {g: {k: int(round(v)) for k, v in row.items()} for g, row in rows.items()}
+
+    def params(self, unit_keep: np.ndarray) -> tuple[int, int]:
+        """Parameters of every constant a slot slices, before and after (each constant once)."""
+        element_keep = unit_keep[self.cg.unit_of]
+        before = sum(c.numel for c in self.constants)
+        return before, int(round(sum(self.constant_after(c, element_keep) for c in self.constants)))
+
+    def shared_growth(self, unit_keep: np.ndarray) -> list[tuple[ConstantCost, float, set[str]]]:
+        """Shared constants whose readers would need different slices, so that the copies hold more
+        than the original: (constant, parameters added, groups whose slots slice it)."""
+        element_keep = unit_keep[self.cg.unit_of]
+        out = []
+        for cost in self.constants:
+            if not cost.shared:
+                continue
+            versions = self.versions(cost, element_keep)
+            growth = sum(versions.values()) - cost.numel
+            if len(versions) > 1 and growth > 0:
+                groups = {self.group_of[ps.slot] for _, sl in cost.readers for ps in sl if ps.slot in self.group_of}
+                out.append((cost, growth, groups))
+        return out
 
 
 def ratio_for_macs(selector: Selector, cost: CostModel, target_removed: float, weight: Callable[[Group], float]) -> tuple[float, np.ndarray]:

@@ -152,6 +152,9 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         finally:
             for future in in_flight:
                 future.cancel()
+    if left_out and not seen:  # ranges from no data at all would be garbage
+        raise UsageError(f"calibration: the model's batch is fixed at {collector.fixed_batch} and no {collector.fixed_batch} "
+                         f"samples of the same shape could make a batch ({left_out} sample(s) left out)")
     if left_out:
         logger.warning("calibration: the model's batch is fixed at %d; %d sample(s) that do not fill a batch are left out",
                        collector.fixed_batch, left_out)

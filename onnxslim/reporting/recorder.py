@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 
 from onnxslim.graph import export_model
 from onnxslim.pipeline import PassContext, PassRecord, get_pass
+from onnxslim.calibration.data import batch_rows
 from onnxslim.stats import ModelStats, compute as compute_stats
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ class StageRecorder:
         rows = []
         for f in fidelity(names, want, got_names, got):
             rows.append({"name": f.name, "cosine": _finite(f.cosine), "sqnr_db": _finite(f.sqnr_db), "rel_l2": _finite(f.rel_l2),
-                         "max_abs": _finite(f.max_abs), "top1_agreement": f.top1_agreement, "samples": len(feeds)})
+                         "max_abs": _finite(f.max_abs), "top1_agreement": f.top1_agreement,
+                         "samples": sum(max(1, batch_rows(x)) for x in feeds)})
         return rows, ""
 
     def fill(self, report: Any) -> None:

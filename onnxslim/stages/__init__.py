@@ -14,6 +14,7 @@ to measure fidelity).
 from __future__ import annotations
 
 import functools
+import logging
 import importlib
 from typing import Any, ClassVar
 
@@ -42,3 +43,14 @@ class Stage:
 def stages() -> tuple[Stage, ...]:
     found = [cls() for cls in discover(importlib.import_module(__name__), Stage)]
     return tuple(sorted(found, key=lambda s: (s.order, s.name)))
+
+
+def warn_left_over(model: onnx.ModelProto, ctx: PassContext, who: str) -> None:
+    """A model whose batch is fixed at B takes the calibration samples B at a time: say how many
+    a stage leaves out (the quantization calibration says so itself, once it has run)."""
+    from onnxslim.calibration.data import left_over
+
+    batch, left = left_over(ctx.data.get("calibration"), model, ctx.input_shapes)
+    if left:
+        logging.getLogger("onnxslim").warning("%s: the model's batch is fixed at %d; %d calibration sample(s) that do not "
+                                              "fill a batch are left out", who, batch, left)

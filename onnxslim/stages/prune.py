@@ -8,7 +8,10 @@
 With ``--calib-data`` the layer after each pruned tensor is refit by least squares
 (``--no-prune-reconstruct`` turns that off; ``--prune-reconstruct`` forces it, on synthetic
 inputs when no data is given). The cleanup pipeline runs first, so BatchNormalization is usually
-folded already (``--skip fuse_conv_bn`` keeps it, for ``--prune-criterion bn``).
+folded already (``--skip fuse_conv_bn`` keeps it, for ``--prune-criterion bn``). Calibration
+samples are checked against the model's inputs up front (one-line error); a request that removes
+nothing (``--prune 0``, groups too small, every group left alone) or a MAC target that cannot be
+reached is a warning.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import onnx
 
 from onnxslim.errors import UsageError
 from onnxslim.pipeline import PassContext
-from onnxslim.stages import Stage
+from onnxslim.stages import Stage, warn_left_over
 
 PASS_NAME = "prune_channels"
 CRITERIA = ("l1", "l2", "bn", "activation")
@@ -118,5 +121,7 @@ class PruneStage(Stage):
         options["criterion"] = extras["prune_criterion"]  # None: activation with --calib-data, else l1
         options["round_to"] = int(round_to or 1)
         options["reconstruct"] = extras["prune_reconstruct"]
+        warn_left_over(model, ctx, "--prune")
         ctx.options[PASS_NAME] = options
         return [PASS_NAME, "infer_shapes"]
+

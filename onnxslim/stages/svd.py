@@ -4,7 +4,9 @@
 
 With ``--calib-data`` the factorization is data-aware (whitened by activation statistics) and
 per-layer output errors on held-out samples go to the report; ``method=plain`` forces plain SVD.
-The option grammar is in :mod:`onnxslim.svd.spec`.
+The option grammar is in :mod:`onnxslim.svd.spec`. Calibration samples are checked against the
+model's inputs up front (one-line error); ``infer_shapes`` runs after the pass so the statistics
+after it count the MACs of every new node.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import onnx
 
 from onnxslim.errors import UsageError
 from onnxslim.pipeline import PassContext
-from onnxslim.stages import Stage
+from onnxslim.stages import Stage, warn_left_over
 from onnxslim.svd.spec import SvdSpec
 
 PASS_NAME = "factorize_svd"
@@ -52,5 +54,8 @@ class SvdStage(Stage):
                 raise UsageError("--svd-min-size only applies with --svd")
             return []
         spec = SvdSpec.parse(text, min_size=min_size)
+        warn_left_over(model, ctx, "--svd")
         ctx.options[PASS_NAME] = spec.to_options()
-        return [PASS_NAME]
+        # Shapes of the new intermediate tensors (a spatial Conv's kh x 1 output), for MAC counts.
+        return [PASS_NAME, "infer_shapes"]
+

@@ -7,6 +7,11 @@ the same way (e.g. the Q, K and V projections) share one accumulator.
 
 An optional cache (a plain dict the caller keeps, ``ctx.data["svd_cache"]``) lets a sweep that
 runs the pass many times on the same model and data reuse the statistics and decompositions.
+
+:func:`fitting_batches` is shared with ``prune_channels``: batches a fixed-batch model cannot
+take are left out, as the quantization calibration does (samples are checked against the
+model's inputs up front: :func:`onnxslim.calibration.data.fit_to_model`). :func:`ort_failure`
+turns an onnxruntime error while collecting into one line.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.calibration import ActivationCollector, CalibrationSet
+from onnxslim.calibration.data import batch_rows, fixed_batch  # noqa: F401 (fixed_batch: used by the passes through here)
+from onnxslim.errors import UsageError
 from onnxslim.graph import export_model
 from onnxslim.svd.linalg import Moments
 from onnxslim.svd.sites import Layout, rows
@@ -51,15 +58,26 @@ def _shapes(feeds: Feeds) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape[1:]) for k, v in feeds.items()}
 
 
-def _batches(source: CalibrationSet | list[Feeds], size: int, exact: bool) -> Iterator[Feeds]:
-    """Batches of ``size`` samples; with ``exact`` (fixed-batch models) short batches are dropped."""
+def fitting_batches(source: CalibrationSet | Iterable[Feeds], size: int, exact: bool,
+                    who: str = "factorize_svd") -> Iterator[Feeds]:
+    """Batches of ``size`` samples; with ``exact`` (fixed-batch models) short batches are dropped
+    (as the quantization calibration does: padding would weigh repeated samples twice)."""
     stream = source.batches(size) if isinstance(source, CalibrationSet) else _regroup(source, size)
     for feeds in stream:
-        count = int(next(iter(feeds.values())).shape[0]) if feeds else 0
+        count = batch_rows(feeds)
         if exact and count != size:
-            logger.info("factorize_svd: dropped a batch of %d samples (the model takes batches of %d)", count, size)
+            logger.info("%s: dropped a batch of %d samples (the model takes batches of %d)", who, count, size)
             continue
         yield feeds
+
+
+def ort_failure(exc: BaseException, who: str) -> Exception:
+    """An onnxruntime error while running calibration data: one line (a UsageError); others as they are."""
+    if type(exc).__module__.startswith("onnxruntime"):
+        from onnxslim.quantization.calibrate import ort_message
+
+        return UsageError(f"{who}: onnxruntime cannot run the model on the calibration data: {ort_message(exc)}")
+    return exc
 
 
 def collect_moments(
@@ -86,9 +104,15 @@ def collect_moments(
         return observe
 
     calib = {key: Moments(k) for key, k in requests.items()}
-    seen = collector.collect(_batches(calibration, size, exact), into(calib))
     held = {key: Moments(k) for key, k in requests.items()}
-    held_seen = collector.collect(_batches(holdout, size, exact), into(held)) if holdout else 0
+    try:
+        seen = collector.collect(fitting_batches(calibration, size, exact), into(calib))
+        held_seen = collector.collect(fitting_batches(holdout, size, exact), into(held)) if holdout else 0
+    except Exception as exc:
+        error = ort_failure(exc, "factorize_svd")
+        if error is exc:
+            raise
+        raise error from None
     logger.info("factorize_svd: activation statistics of %d tensors from %d calibration and %d held-out samples",
                 len(names), seen, held_seen)
     return calib, (held if held_seen else {})

@@ -37,9 +37,14 @@ class Moments:
         """Accumulate a block of rows (n x K); products in float32 (float64 for float64 data)."""
         work = np.float64 if rows.dtype == np.float64 else np.float32
         rows = np.ascontiguousarray(rows, dtype=work)
-        self.gram += rows.T @ rows
-        self.total += rows.sum(axis=0, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values: see finite()
+            self.gram += rows.T @ rows
+            self.total += rows.sum(axis=0, dtype=np.float64)
         self.count += rows.shape[0]
+
+    def finite(self) -> bool:
+        """False when the activations overflowed (huge calibration values): the moments are unusable."""
+        return bool(np.isfinite(self.gram).all() and np.isfinite(self.total).all())
 
 
 @dataclass
@@ -146,26 +151,40 @@ def decompose(
     whiten: bool = False,
     damp: float = 0.01,
 ) -> Decomposition:
-    """Factor ``weight`` (K x N). ``whiten`` needs ``calib`` moments."""
+    """Factor ``weight`` (K x N). ``whiten`` needs ``calib`` moments.
+
+    Raises ``np.linalg.LinAlgError`` (one line) when the factors are not finite, e.g. statistics
+    of huge activations; the caller falls back to plain SVD or leaves the layer alone.
+    """
     w = np.asarray(weight, dtype=np.float64)
     k, n = w.shape
     if whiten and (calib is None or calib.count == 0):
         raise ValueError("whitened SVD needs calibration moments")
-    cov = damped_covariance(calib, damp) if whiten else None
-    if n <= k:  # right singular vectors of M from M^T M = W^T C W (N x N)
-        s, v = _descending_eigh(w.T @ (cov @ w) if whiten else w.T @ w)
-        left, right = w @ v, v.T
-    else:  # left singular vectors of M = L^T W from M M^T (K x K)
-        chol = cholesky(cov) if whiten else None
-        m = chol.T @ w if whiten else w
-        s, u = _descending_eigh(m @ m.T)
-        left, right = (np.linalg.solve(chol.T, u) if whiten else u), u.T @ m
-    dec = Decomposition(left, right, s, whiten)
-    if calib is not None and calib.count:
-        dec.calib = profile(left, right, w, bias, calib)
-    if holdout is not None and holdout.count:
-        dec.holdout = profile(left, right, w, bias, holdout)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        cov = damped_covariance(calib, damp) if whiten else None
+        if whiten and not np.isfinite(cov).all():
+            raise np.linalg.LinAlgError("activation statistics are not finite")
+        if n <= k:  # right singular vectors of M from M^T M = W^T C W (N x N)
+            s, v = _descending_eigh(w.T @ (cov @ w) if whiten else w.T @ w)
+            left, right = w @ v, v.T
+        else:  # left singular vectors of M = L^T W from M M^T (K x K)
+            chol = cholesky(cov) if whiten else None
+            m = chol.T @ w if whiten else w
+            s, u = _descending_eigh(m @ m.T)
+            left, right = (np.linalg.solve(chol.T, u) if whiten else u), u.T @ m
+        if not (np.isfinite(left).all() and np.isfinite(right).all() and np.isfinite(s).all()):
+            raise np.linalg.LinAlgError("the factors are not finite")
+        dec = Decomposition(left, right, s, whiten)
+        if calib is not None and calib.count:
+            dec.calib = _finite_profile(profile(left, right, w, bias, calib))
+        if holdout is not None and holdout.count:
+            dec.holdout = _finite_profile(profile(left, right, w, bias, holdout))
     return dec
+
+
+def _finite_profile(p: ErrorProfile) -> ErrorProfile | None:
+    """None when overflow made the errors meaningless (they are then reported as not measured)."""
+    return p if np.isfinite(p.tail).all() and np.isfinite(p.reference) else None
 
 
 def choose_rank(rule: str, value: float, dec: Decomposition, k: int, n: int) -> int:

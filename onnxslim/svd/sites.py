@@ -222,9 +222,12 @@ def macs(site: Site, rank: int) -> tuple[int | None, int | None, bool]:
 
 def _mid_shape(site: Site, rank: int) -> list | None:
     shape = site.node.outputs[0].shape
-    if shape is None or site.kind == "conv_spatial":
+    if shape is None:
         return None
     shape = list(shape)
+    if site.kind == "conv_spatial":  # the kh x 1 Conv: the output's rows, the input's columns
+        x = site.activation.shape
+        return [shape[0], rank, shape[2], x[3]] if x is not None and len(x) == 4 and len(shape) == 4 else None
     if site.kind == "matmul":
         return [*shape[:-1], rank]
     if site.kind == "matmul_left":

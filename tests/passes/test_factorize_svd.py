@@ -292,7 +292,7 @@ def test_spec_parsing_and_stage():
     ctx = PassContext()
     stage = SvdStage()
     assert stage.configure({"svd": None}, onnx.ModelProto(), ctx) == [] and not ctx.options
-    assert stage.configure({"svd": "rank=8", "svd_min_size": 32}, onnx.ModelProto(), ctx) == ["factorize_svd"]
+    assert stage.configure({"svd": "rank=8", "svd_min_size": 32}, onnx.ModelProto(), ctx) == ["factorize_svd", "infer_shapes"]
     assert SvdSpec.from_options(ctx.options["factorize_svd"]) == SvdSpec("rank", 8, min_size=32)
     with pytest.raises(UsageError, match="only applies with --svd"):
         stage.configure({"svd": None, "svd_min_size": 32}, onnx.ModelProto(), ctx)

@@ -298,3 +298,20 @@ def test_a_fixed_batch_model_leaves_out_short_batches_at_shape_changes(tmp_path,
     assert seen == 4 and stats["y"].count == 2 * 4 * 16 + 2 * 8 * 16
     warnings = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert warnings == ["calibration: the model's batch is fixed at 2; 2 sample(s) that do not fill a batch are left out"]
+
+
+def test_a_fixed_batch_model_that_no_batch_fits_is_an_error(tmp_path):
+    # Batch fixed at 2; one sample of length 4, one of length 8: no two samples share a batch.
+    from onnx import helper
+
+    from onnxslim.errors import UsageError
+    from tests.helpers import init, make_model, vi
+
+    w = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [vi("x", [2, "seq", 16])],
+                       [vi("y", [2, "seq", 16])], [init("w", w)])
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "a.npz", x=rng.standard_normal((1, 4, 16)).astype(np.float32))
+    np.savez(tmp_path / "b.npz", x=rng.standard_normal((1, 8, 16)).astype(np.float32))
+    with pytest.raises(UsageError, match=r"batch is fixed at 2 and no 2 samples of the same shape could make a batch \(2 sample"):
+        collect_stats(model, ["y"], load_calibration(tmp_path, model), batch_size=4)
