@@ -62,6 +62,8 @@ def export_parts(graph: gs.Graph, template: onnx.ModelProto | None = None) -> tu
     shell.nodes = []
     model = export_model(shell, template)
     model.graph.CopyFrom(proto)
+    _hoist_outer_constants(model, template, {t.name for t in constants})  # into the header: the few only subgraphs read
+    _declare_initializers(model, ((t.name, t.data_type, list(t.dims)) for t in model.graph.initializer))
     _declare_initializers(model, ((t.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), list(t.shape)) for t in constants))
     # export_model on an empty shell cannot see domains used by nodes: recompute from the real graph.
     used = {n.domain for n in graph.nodes if n.domain not in (None, "", "ai.onnx")}
@@ -153,8 +155,56 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> on
         model.metadata_props.extend(template.metadata_props)
         if template.training_info:
             model.training_info.extend(template.training_info)
+    _hoist_outer_constants(model, template)
+    if template is not None:
         _declare_initializers(model, ((t.name, t.data_type, list(t.dims)) for t in model.graph.initializer))
     return model
+
+
+def _proto_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """Every subgraph nested in ``graph`` (If/Loop/Scan bodies), depth first, ``graph`` excluded."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                yield sub
+                yield from _proto_subgraphs(sub)
+
+
+def _hoist_outer_constants(model: onnx.ModelProto, template: onnx.ModelProto | None, streamed: set[str] = frozenset()) -> None:
+    """onnx-graphsurgeon exports a constant that subgraphs read from the main graph as an
+    initializer of every subgraph that reads it: two If branches sharing a weight would store it
+    twice. Put such constants back in the main graph, once: those that were main-graph
+    initializers of ``template``, and those that several subgraphs hold with the same bytes. A
+    subgraph's copy of a constant the main graph holds too (or ``streamed``: main-graph
+    initializers written apart, by name: one tensor in the graph) is dropped."""
+    subgraphs = list(_proto_subgraphs(model.graph))
+    if not subgraphs:
+        return
+    copies: dict[str, list[tuple[onnx.GraphProto, onnx.TensorProto]]] = {}
+    for sub in subgraphs:
+        for tensor in sub.initializer:
+            copies.setdefault(tensor.name, []).append((sub, tensor))
+    outer = {t.name for t in template.graph.initializer} if template is not None else set()
+    main = model.graph
+    in_main = {t.name: t for t in main.initializer}
+    produced = {i.name for i in main.input} | {o for n in main.node for o in n.output}
+    for name, found in copies.items():
+        if name in produced:
+            continue
+        first = found[0][1].SerializeToString()
+        if any(t.SerializeToString() != first for _, t in found[1:]):
+            continue  # same name, other values: each subgraph keeps its own
+        if name in in_main:
+            if in_main[name].SerializeToString() != first:
+                continue
+        elif name not in streamed:
+            if name not in outer and len(found) < 2:
+                continue  # a subgraph's own constant stays where it is
+            main.initializer.append(found[0][1])  # a copy (protobuf), before the originals are removed
+        for sub, _ in found:
+            kept = [t for t in sub.initializer if t.name != name]
+            del sub.initializer[:]
+            sub.initializer.extend(kept)
 
 
 def _declare_initializers(model: onnx.ModelProto, initializers: Iterable[tuple[str, int, list[int]]]) -> None:

@@ -7,6 +7,9 @@
   branch; onnx-graphsurgeon's importer drops that attribute silently, so the model no longer
   loaded. Fixed in api.py: a model holding an attribute gs cannot represent is left unchanged
   (with a warning and a report note) instead of being rewritten wrongly.
+* a weight that both branches of an If read from the main graph: onnx-graphsurgeon exported a
+  copy into each branch (the file grew by the weight's size). Fixed in graph.py: such constants
+  go back to the main graph, once, in both the in-memory and the streaming export.
 """
 
 from __future__ import annotations
@@ -61,3 +64,58 @@ def test_type_proto_attribute_in_a_branch_leaves_the_model_unchanged(caplog):
     assert "TYPE_PROTO attribute 'type'" in caplog.text
     assert any("left unchanged" in n["reason"] for n in report.notes)
     assert _run(optimized, {"cond": np.array(True)})[0] is None
+
+
+def _if_sharing_a_weight(cond_is_input: bool = True) -> onnx.ModelProto:
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    branches = {}
+    for branch, scale in (("then", 1.0), ("else", -1.0)):
+        k = onnx.numpy_helper.from_array(np.array(scale, np.float32), f"k_{branch}")
+        branches[branch] = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], [f"c_{branch}"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", [f"c_{branch}", f"k_{branch}"], [f"y_{branch}"])], branch, [],
+            [helper.make_tensor_value_info(f"y_{branch}", TensorProto.FLOAT, [1, 8, 8, 8])], [k])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branches["then"], else_branch=branches["else"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                                            helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _weight_copies(model: onnx.ModelProto) -> int:
+    def count(graph):
+        n = sum(t.name == "w" for t in graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    n += count(attr.g)
+        return n
+
+    return count(model.graph)
+
+
+def _check_if_model(model: onnx.ModelProto, optimized: onnx.ModelProto) -> None:
+    onnx.checker.check_model(optimized, full_check=True)
+    assert _weight_copies(optimized) == 1 and optimized.graph.initializer[0].name == "w"
+    branches = {a.name: a.g for a in optimized.graph.node[0].attribute}
+    assert [t.name for t in branches["then_branch"].initializer] == ["k_then"]  # a branch's own constant stays in it
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        np.testing.assert_allclose(_run(optimized, feeds)[0], _run(model, feeds)[0], rtol=1e-6, atol=1e-6)
+    assert optimized.ByteSize() < model.ByteSize() + 200  # was + the weight (864 bytes)
+
+
+def test_weight_shared_by_if_branches_is_stored_once_in_memory():
+    model = _if_sharing_a_weight()
+    optimized, _ = onnxslim.optimize(model, verify=False)
+    _check_if_model(model, optimized)
+
+
+def test_weight_shared_by_if_branches_is_stored_once_on_disk(tmp_path):
+    model = _if_sharing_a_weight()
+    onnx.save_model(model, tmp_path / "m.onnx")
+    onnxslim.api.optimize_file(tmp_path / "m.onnx", tmp_path / "o.onnx", verify=False)
+    _check_if_model(model, onnx.load(tmp_path / "o.onnx"))
