@@ -196,22 +196,36 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | 
 
 
 @contextlib.contextmanager
-def staged(path: Path) -> Iterator[Path]:
+def staged(path: Path, make_parents: bool = False, cannot: str | None = None) -> Iterator[Path]:
     """A temporary folder beside ``path``, removed on exit whatever happens.
 
     Its name is chosen before it is created, so that Ctrl-C landing just after the mkdir still
-    removes it (with ``tempfile.mkdtemp`` it could arrive before the name was returned).
+    removes it (with ``tempfile.mkdtemp`` it could arrive before the name was returned). With
+    ``make_parents``, missing folders above ``path`` are created, and removed again on exit
+    while still empty. ``cannot``: the start of the one-line error when it cannot be created.
     """
-    parent = path.resolve().parent
-    tmp_dir = parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    dest = path.resolve()
+    parent = dest.parent
+    tmp_dir = parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    created: list[Path] = []
     try:
         try:
+            missing = []
+            while make_parents and not os.path.lexists(parent):
+                missing.append(parent)
+                parent = parent.parent
+            for folder in reversed(missing):
+                folder.mkdir()
+                created.append(folder)
             tmp_dir.mkdir(mode=0o700)
         except OSError as exc:
-            raise OutputError(f"{path}: cannot write in {parent}: {exc.strerror}") from exc
+            raise OutputError(f"{cannot or f'{path}: cannot write in {dest.parent}'}: {exc.strerror or exc}") from exc
         yield tmp_dir
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when still empty
 
 
 def write_into(model: onnx.ModelProto, file: Path, external_data: bool | None) -> list[Path]:

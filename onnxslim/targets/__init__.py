@@ -203,6 +203,7 @@ def emit(target: str, device: str, model_path: str | os.PathLike, out_dir: str |
     quiet = not logging.getLogger("onnxslim").isEnabledFor(logging.WARNING)
     start = time.perf_counter()
     with _staging(out) as work:
+        os.chmod(work, 0o755)  # it becomes DIR: a plain folder, not the private staging mode
         result.work_dir = str(work)
         result.dest_dir = str(out.resolve())
         try:
@@ -228,32 +229,12 @@ def emit(target: str, device: str, model_path: str | os.PathLike, out_dir: str |
     return result
 
 
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
+def _staging(out: Path):
     """A hidden folder beside ``out`` (missing parents created); removed, with the parents it
     created, unless :func:`_replace` moved it into place. Ctrl-C included."""
-    dest = out.resolve()
-    created: list[Path] = []
-    work = dest.parent / f".{dest.name}.emit-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        try:
-            missing = []
-            parent = dest.parent
-            while not os.path.lexists(parent):
-                missing.append(parent)
-                parent = parent.parent
-            for folder in reversed(missing):
-                folder.mkdir()
-                created.append(folder)
-            work.mkdir(mode=0o755)
-        except OSError as exc:
-            raise OutputError(f"--emit {out}: cannot create it: {exc.strerror or exc}") from None
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        for folder in reversed(created):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when still empty
+    from onnxslim.io import staged
+
+    return staged(out, make_parents=True, cannot=f"--emit {out}: cannot create it")
 
 
 def _replace(work: Path, out: Path) -> None:

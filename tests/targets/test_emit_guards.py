@@ -293,6 +293,7 @@ def test_reemit_replaces_the_earlier_files_and_keeps_the_tuning_db(tmp_path):
     files = set(os.listdir(out))
     assert files == {"model.onnx", "session.json", "run_ort.py", "emit.json", "tuning_db"}, files
     assert json.loads((out / "emit.json").read_text())["target"] == "ort" and not _leftovers(tmp_path)
+    assert out.stat().st_mode & 0o777 == 0o755  # a plain folder, not the 0700 of a private staging folder
 
 
 def test_library_emit_refuses_a_folder_of_other_files(tmp_path):
