@@ -444,13 +444,133 @@ def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_path_argument(what: str, value: Any, optional: bool = False) -> None:
+    if not (isinstance(value, (str, os.PathLike)) or (optional and value is None)):
+        raise UsageError(f"{what}: expected a path (str or os.PathLike){' or None' if optional else ''}, got {type(value).__name__}")
+
+
+def _options(given: dict[str, Any]) -> Options:
+    """The ``**options`` of :func:`optimize` / :func:`optimize_file` as :class:`Options`. An
+    unknown name or a value of the wrong kind is a one-line UsageError here, before any work,
+    not a TypeError or AttributeError from deep inside (or a value silently misread)."""
+    import difflib
+    import math
+    import reprlib
+
+    from onnxslim.targets import DEVICES, TARGETS
+
+    known = [f.name for f in fields(Options)]
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, 1)
+            raise UsageError(f"unknown option {name!r} ({f'did you mean {close[0]!r}?' if close else 'options: ' + ', '.join(known)})")
+    opts = Options(**given)
+
+    def bad(name: str, want: str) -> UsageError:
+        return UsageError(f"option {name}: expected {want}, got {reprlib.repr(getattr(opts, name))}")
+
+    if opts.passes is not None and not isinstance(opts.passes, str):
+        raise bad("passes", "a pipeline string such as 'dedupe,eliminate_dead', or None")
+    if opts.skip is None:
+        opts.skip = ()
+    if not isinstance(opts.skip, (list, tuple, set, frozenset)) or not all(isinstance(s, str) for s in opts.skip):
+        raise bad("skip", "a list of pass names, e.g. ['dedupe', 'eliminate_dead']")
+    for name in ("verify", "verify_each", "strict", "digests"):
+        if not isinstance(getattr(opts, name), (bool, np.bool_)):
+            raise bad(name, "True or False")
+    if opts.external_data is not None and not isinstance(opts.external_data, (bool, np.bool_)):
+        raise bad("external_data", "True, False or None (automatic)")
+    if opts.input_shapes is not None:
+        if not isinstance(opts.input_shapes, dict):
+            raise bad("input_shapes", "a dict of input name -> list of ints, e.g. {'x': [1, 3, 224, 224]}")
+        for name, dims in opts.input_shapes.items():
+            if not isinstance(name, str) or not isinstance(dims, (list, tuple)) or not all(_is_int(d) for d in dims):
+                raise UsageError(f"option input_shapes: {name!r}: expected a list of ints, e.g. {{'x': [1, 3, 224, 224]}}, "
+                                 f"got {reprlib.repr(dims)}")
+    if opts.tolerance is not None and not (_is_number(opts.tolerance) and 0 < opts.tolerance < math.inf):
+        raise bad("tolerance", "a positive number (relative to max |output|) or None")
+    if opts.min_cosine is not None and not (_is_number(opts.min_cosine) and -1 <= opts.min_cosine <= 1):
+        raise bad("min_cosine", "a number in [-1, 1] or None")
+    if not (_is_int(opts.seed) and 0 <= opts.seed < 2**32):
+        raise bad("seed", "an integer in [0, 2**32)")
+    if not (_is_int(opts.holdout) and opts.holdout >= 0):
+        raise bad("holdout", "a non-negative integer")
+    if opts.calib_size is not None and not _is_int(opts.calib_size):  # positive: checked with the calibration data
+        raise bad("calib_size", "a positive integer or None")
+    if opts.target not in TARGETS:
+        raise bad("target", f"one of {', '.join(TARGETS)}")
+    if opts.device not in DEVICES:
+        raise bad("device", f"one of {', '.join(DEVICES)}")
+    for name in ("inputs_file", "calib_data"):
+        _check_path_argument(f"option {name}", getattr(opts, name), optional=True)
+    if opts.options is not None and not (isinstance(opts.options, dict) and all(isinstance(v, dict) for v in opts.options.values())):
+        raise bad("options", "a dict of pass name -> dict of that pass's options, or None")
+    opts.stage_values = _stage_values(opts.stage_values)
+    return opts
+
+
+def _stage_values(values: Any) -> dict[str, Any] | None:
+    """``stage_values`` checked and converted like the CLI converts its stage options
+    (``{"quantize": "int8", "prune": "0.3"}``); an unknown key is an error, not ignored."""
+    import difflib
+    import reprlib
+
+    import click
+
+    from onnxslim.stages import stages
+
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise UsageError(f"option stage_values: expected a dict of stage option -> value, e.g. {{'quantize': 'int8'}}, "
+                         f"got {reprlib.repr(values)}")
+    params = {o.name: o for stage in stages() for o in stage.click_options()}
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        param = params.get(name)
+        if param is None:
+            close = difflib.get_close_matches(str(name), list(params), 1)
+            raise UsageError(f"option stage_values: unknown stage option {name!r} "
+                             f"({f'did you mean {close[0]!r}?' if close else 'known: ' + ', '.join(sorted(params))})")
+        if value is None:
+            out[name] = None
+            continue
+        flag = getattr(param, "is_flag", False) and not getattr(param, "count", False)
+        whole = param.type is click.INT or isinstance(param.type, click.IntRange)
+        real = param.type is click.FLOAT or isinstance(param.type, click.FloatRange)
+        items = value if param.multiple and isinstance(value, (list, tuple)) else [value]
+        want = ("a list" if param.multiple and not isinstance(value, (list, tuple))
+                else "one value, not a list" if not param.multiple and isinstance(value, (list, tuple, set, dict))
+                else "True or False" if flag and not all(isinstance(v, (bool, np.bool_)) for v in items)
+                else "an integer" if whole and not all(_is_int(v) for v in items)
+                else "a number" if real and not all(_is_number(v) for v in items) else "")
+        if want:
+            raise UsageError(f"option stage_values[{name!r}]: expected {want}, got {reprlib.repr(value)}")
+        try:
+            out[name] = param.type_cast_value(None, value)
+        except click.BadParameter as exc:
+            raise UsageError(f"option stage_values[{name!r}]: {' '.join(exc.format_message().splitlines())}") from None
+    return out
+
+
 def optimize(model: onnx.ModelProto | str | os.PathLike, **options: Any) -> tuple[onnx.ModelProto, Report]:
     """Optimize a model in memory. Returns the new model and the report.
 
     ``model`` may be a ModelProto (left unchanged) or a path; ``options`` are the fields of
-    :class:`Options`. Raises :class:`VerificationFailedError` when outputs differ.
+    :class:`Options`. Raises :class:`VerificationFailedError` when outputs differ, and a
+    one-line :class:`UsageError` for an unknown option or a value of the wrong kind.
     """
-    opts = Options(**options)
+    opts = _options(options)
+    if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
+        raise UsageError(f"model: expected an onnx.ModelProto or the path of an .onnx file, got {type(model).__name__}")
     original_source: Any = model
     if not isinstance(model, onnx.ModelProto):
         original_source = str(model)
@@ -496,7 +616,9 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     written as ``<name>.verify-failed.onnx`` and :class:`VerificationFailedError` is raised with
     the report attached as ``.report``.
     """
-    opts = Options(**options)
+    opts = _options(options)
+    _check_path_argument("input_path", input_path)
+    _check_path_argument("output_path", output_path, optional=True)
     t0 = time.perf_counter()
     io.check_input_file(input_path)
     output = Path(output_path) if output_path is not None else default_output(input_path)

@@ -452,8 +452,10 @@ def render_report(report_json, html_path) -> None:
     from onnxslim.report import load_report
 
     data = load_report(report_json)
+    if _same(html_path, report_json):  # io.check_output_path would name -o, which this command has not
+        raise OutputError(f"--html {html_path}: is the report being read; choose another path")
     io.check_output_path(html_path, [report_json])
-    write_html(data, html_path)
+    write_html(data, html_path, source=report_json)
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,9 +482,15 @@ def _value_info(v) -> dict[str, Any]:
 def inspect(model, as_json, input_shapes) -> None:
     """Describe MODEL: inputs, outputs, opsets, ops, parameters, MACs, largest tensors."""
     _setup_logging(0, True)
-    proto = io.load(model)
+    proto = io.load(model, load_external_data=False)
+    # Counting needs shapes, not weights: external data is memory-mapped (pages read only where
+    # shape inference reads a small constant), read whole only when it cannot be mapped.
+    weights = io.map_external_data(proto, model)
+    if weights is None:
+        io.read_external_data(proto, model)
     api.check_model(proto, model)
     graph = import_model(proto)
+    api._attach_weights(graph, weights)
     api.apply_input_shapes(graph, parse_input_shapes(input_shapes))
     if "infer_shapes" in registry():
         get_pass("infer_shapes")().run(graph, PassContext())

@@ -108,12 +108,48 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"{path}: no such report") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path}: not a JSON report: {exc}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the decoder goes
+        raise UsageError(f"{path}: not a JSON report: nested too deeply") from None
     schema = data.get("schema") if isinstance(data, dict) else None
     if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
         raise UsageError(f"{path}: not an onnxslim report (no {SCHEMA_PREFIX}N schema field)")
     if schema != SCHEMA:
         raise UsageError(f"{path}: report schema {schema!r} is not the one this onnxslim reads ({SCHEMA!r})")
+    problem = _shape_problem(data)
+    if problem:
+        raise UsageError(f"{path}: malformed report: {problem}")
     return data
+
+
+# Top-level fields of schema 1 and their JSON kind (null is allowed for each); list fields hold objects.
+_OBJECT_FIELDS = ("versions", "input", "output", "options", "stats", "verification", "seconds", "calibration",
+                  "option_files", "config", "reproduced_from")
+_LIST_FIELDS = ("pass_totals", "passes", "verify_each", "notes", "stages", "fail_if")
+
+
+def _shape_problem(data: dict[str, Any]) -> str:
+    """What is wrong with the structure of a loaded report ('' when nothing): a hand-edited or
+    foreign file must be a usage error, not a crash of whoever reads it."""
+    def kind(value: Any) -> str:
+        return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), "a number")
+
+    for name in _OBJECT_FIELDS:
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            return f"{name!r} is {kind(data[name])}, expected an object"
+    for name in _LIST_FIELDS:
+        value = data.get(name)
+        if value is not None and not isinstance(value, list):
+            return f"{name!r} is {kind(value)}, expected a list"
+        bad = next((i for i, item in enumerate(value or []) if not isinstance(item, dict)), None)
+        if bad is not None:
+            return f"{name}[{bad}] is {kind(value[bad])}, expected an object"
+    if data.get("pipeline") is not None and not isinstance(data["pipeline"], str):
+        return f"'pipeline' is {kind(data['pipeline'])}, expected a string"
+    for side in ("before", "after"):
+        stats = (data.get("stats") or {}).get(side)
+        if stats is not None and not isinstance(stats, dict):
+            return f"stats.{side} is {kind(stats)}, expected an object"
+    return ""
 
 
 @dataclass

@@ -19,6 +19,7 @@ from onnxslim.errors import UsageError
 BEFORE, AFTER, ACCENT, WARN = "#9aa5b1", "#2b6cb0", "#2f855a", "#c05621"
 _RC = {
     "svg.fonttype": "none",
+    "text.parse_math": False,  # labels are model names: 'a$b$' is a name, not math, and '$\frac$' must not crash
     "svg.hashsalt": "onnxslim",
     "font.family": "sans-serif",
     "font.size": 9,

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from onnxslim.errors import UsageError
 from onnxslim.reporting.charts import CHARTS, details, require_matplotlib
 from onnxslim.stats import human, human_bytes
 
@@ -162,13 +163,30 @@ def render(report: dict[str, Any]) -> str:
     ])
 
 
-def write_html(report: dict[str, Any], path: str | os.PathLike) -> None:
-    """Render and write atomically (like every other output)."""
+def write_html(report: dict[str, Any], path: str | os.PathLike, source: str | os.PathLike | None = None) -> None:
+    """Render and write atomically (like every other output).
+
+    ``source``: the report.json ``report`` was loaded from. A field in it that the page cannot
+    read (missing, or of another kind) is then a UsageError naming the file; without ``source``
+    (a run's own report) it propagates, since that is a bug of ours."""
     from onnxslim.io import staged
 
-    text = render(report)
+    if source is None:
+        text = render(report)
+    else:
+        try:
+            text = render(report)
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+            raise UsageError(f"{source}: malformed report: {_reason(exc)}") from None
     path = Path(path)
     with staged(path) as tmp:
         tmp_file = tmp / path.name
         tmp_file.write_text(text, encoding="utf-8")
         os.replace(tmp_file, path)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"field {exc.args[0]!r} is missing"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
