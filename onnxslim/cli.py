@@ -23,8 +23,8 @@ from onnxslim import api, config, io
 from onnxslim.errors import OnnxSlimError, OutputError, UsageError, VerificationFailedError
 from onnxslim.graph import import_model
 from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, get_pass, registry
-from onnxslim.progress import progress_disabled
-from onnxslim.report import Report, path_digest
+from onnxslim.progress import progress_disabled, say
+from onnxslim.report import Report, file_digest, path_digest
 from onnxslim.reporting import failif
 from onnxslim.reporting.charts import require_matplotlib
 from onnxslim.reporting.html import write_html
@@ -35,6 +35,7 @@ EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 
 
 def _fail(message: str, code: int) -> None:
+    message = " ".join(part.strip() for part in str(message).splitlines() if part.strip())  # one line, always
     click.echo(f"onnxslim: error: {message}", err=True)
     sys.exit(code)
 
@@ -314,7 +315,7 @@ def _run_and_finish(model, output, options: dict[str, Any], report_path, html_pa
             if report is not None:
                 _describe(report, options, extra)
                 if not quiet:
-                    click.echo(format_summary(report))
+                    say(format_summary(report))
                 _write_reports(report, report_path, html_path)
             _fail(str(exc), exc.exit_code)
     _describe(report, options, extra)
@@ -326,7 +327,7 @@ def _run_and_finish(model, output, options: dict[str, Any], report_path, html_pa
             problem = exc
     _write_reports(report, report_path, html_path)
     if not quiet:
-        click.echo(format_summary(report))
+        say(format_summary(report))
     if problem is not None:
         raise problem
     if any(row["holds"] for row in report.fail_if):
@@ -499,6 +500,7 @@ def inspect(model, as_json, input_shapes) -> None:
     info = {
         "path": str(model),
         "file_bytes": Path(model).stat().st_size,
+        "total_bytes": file_digest(model, with_hash=False)["total_bytes"],  # external data included
         "ir_version": proto.ir_version,
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "opsets": {(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
@@ -507,23 +509,26 @@ def inspect(model, as_json, input_shapes) -> None:
         **stats.to_dict(),
     }
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        say(json.dumps(info, indent=2))
         return
-    click.echo(f"{model}  (IR {info['ir_version']}, {info['producer'] or 'unknown producer'}, {human_bytes(info['file_bytes'])})")
-    click.echo("opsets: " + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()))
+    size = human_bytes(info["total_bytes"])
+    if info["total_bytes"] != info["file_bytes"]:
+        size += f" with external data; {human_bytes(info['file_bytes'])} the .onnx file"
+    say(f"{model}  (IR {info['ir_version']}, {info['producer'] or 'unknown producer'}, {size})")
+    say("opsets: " + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()))
     for kind in ("inputs", "outputs"):
-        click.echo(f"{kind}:")
+        say(f"{kind}:")
         for v in info[kind]:
-            click.echo(f"  {v['name']}: {v['dtype']}[{', '.join(str(d) for d in v['shape'])}]")
-    click.echo(f"nodes: {stats.nodes}   parameters: {human(stats.parameters)}   weight bytes: {human_bytes(stats.constant_bytes)}   "
+            say(f"  {v['name']}: {v['dtype']}[{', '.join(str(d) for d in v['shape'])}]")
+    say(f"nodes: {stats.nodes}   parameters: {human(stats.parameters)}   weight bytes: {human_bytes(stats.constant_bytes)}   "
                f"MACs: {human(stats.macs)}{'' if stats.macs_exact else ' (approx.: dynamic dims counted as 1)'}")
-    click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.ops.items(), key=lambda kv: (-kv[1], kv[0]))))
+    say("ops: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.ops.items(), key=lambda kv: (-kv[1], kv[0]))))
     if stats.macs_by_op:
-        click.echo("MACs by op: " + ", ".join(f"{k} {human(v)}" for k, v in stats.macs_by_op.items()))
+        say("MACs by op: " + ", ".join(f"{k} {human(v)}" for k, v in stats.macs_by_op.items()))
     if stats.largest_tensors:
-        click.echo("largest tensors:")
+        say("largest tensors:")
         for t in stats.largest_tensors:
-            click.echo(f"  {t['name']}: {t['dtype']}{t['shape']} {human_bytes(t['bytes'])}")
+            say(f"  {t['name']}: {t['dtype']}{t['shape']} {human_bytes(t['bytes'])}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,9 +564,9 @@ def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed
     result = verify_models(model_a, model_b, input_shapes=parse_input_shapes(input_shapes), inputs_file=inputs_file,
                            tolerance=tolerance, seed=seed, samples=samples)
     if result.outputs:
-        click.echo("\n".join(_table(["output", "shape", "dtype", "max abs", "max rel", "result"],
+        say("\n".join(_table(["output", "shape", "dtype", "max abs", "max rel", "result"],
                                     [[o.name, str(o.shape), o.dtype, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", "ok" if o.ok else f"FAIL {o.problem}"] for o in result.outputs])))
-    click.echo(result.summary())
+    say(result.summary())
     if result.status == "skipped":
         sys.exit(EXIT_USAGE)
     if result.status == "failed":
@@ -589,10 +594,10 @@ def list_passes(as_json) -> None:
     """List every registered pass, its description and whether it is lossy."""
     rows = [{"name": n, "lossy": cls.lossy, "description": cls.description()} for n, cls in registry().items()]
     if as_json:
-        click.echo(json.dumps({"default_pipeline": DEFAULT_PIPELINE, "passes": rows}, indent=2))
+        say(json.dumps({"default_pipeline": DEFAULT_PIPELINE, "passes": rows}, indent=2))
         return
-    click.echo("\n".join(_table(["pass", "lossy", "description"], [[r["name"], "yes" if r["lossy"] else "no", r["description"]] for r in rows])))
-    click.echo(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
+    say("\n".join(_table(["pass", "lossy", "description"], [[r["name"], "yes" if r["lossy"] else "no", r["description"]] for r in rows])))
+    say(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
 
 
 if __name__ == "__main__":

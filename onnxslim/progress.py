@@ -112,3 +112,20 @@ def track(items: Iterable[T], label: str, total: int | None = None, unit: str = 
             yield item
             bar.update(1)
 
+
+
+def say(text: str) -> None:
+    """Print ``text`` on stdout. When the reader has gone (``onnxslim inspect m.onnx | head -1``),
+    stdout is pointed at /dev/null and the command goes on: what it writes to files, its exit
+    code and its errors on stderr do not depend on who reads its stdout."""
+    import os
+
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor
+            pass

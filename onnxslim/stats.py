@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_nbytes, op_histogram
+from onnxslim.graph import constant_nbytes, iter_subgraphs, op_histogram
 
 
 @dataclass
@@ -88,7 +88,9 @@ def node_macs(node: gs.Node) -> tuple[int, bool]:
 
 
 def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
-    """Statistics of the main graph (subgraphs' nodes are not counted)."""
+    """Statistics of the main graph: nodes, ops and MACs of its own nodes (subgraphs' nodes are
+    not counted); parameters and weight bytes of every constant, those read only inside a
+    subgraph (an If branch, a Loop body) included, each counted once."""
     macs_total, exact = 0, True
     macs_by_op: dict[str, int] = {}
     for node in graph.nodes:
@@ -101,10 +103,12 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
     sizes = []
     seen: set[int] = set()
     constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
-    for node in graph.nodes:  # Constant nodes hold parameters too
+    for node in _all_nodes(graph):  # Constant nodes hold parameters too
         for value in node.attrs.values():
             if isinstance(value, gs.Constant):
                 constants.append(value)
+        for sub in iter_subgraphs(node):  # weights read only inside an If/Loop body are the model's too
+            constants.extend(t for t in sub.tensors().values() if isinstance(t, gs.Constant))
     for t in constants:
         if id(t) in seen:
             continue
@@ -129,6 +133,14 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
         macs_by_op=dict(sorted(macs_by_op.items())),
         largest_tensors=largest,
     )
+
+
+def _all_nodes(graph: gs.Graph):
+    """The nodes of ``graph`` and of every subgraph nested in it."""
+    for node in graph.nodes:
+        yield node
+        for sub in iter_subgraphs(node):
+            yield from _all_nodes(sub)
 
 
 _QUANTIZED_DTYPES = {np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32), np.dtype(np.int16), np.dtype(np.uint16)}

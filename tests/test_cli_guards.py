@@ -371,3 +371,54 @@ def test_file_bytes_row_counts_external_data(tmp_path):
     size_out = sum(f.stat().st_size for f in (tmp_path / "o.onnx", tmp_path / "o.onnx.data"))
     row = next(line for line in result.stdout.splitlines() if line.startswith("file bytes")).split()
     assert row[2:4] == [f"{size_in / 1024:.3g}", "KiB"] and row[4:6] == [f"{size_out / 1024:.3g}", "KiB"], row
+
+
+def test_an_internal_error_with_a_multi_line_message_is_one_line(tmp_path, monkeypatch):
+    model = _folder(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("first line\n  second line\n\nthird")
+
+    monkeypatch.setattr(api, "optimize_file", broken)
+    result = _invoke("optimize", model, "-o", tmp_path / "o.onnx")
+    assert result.exit_code == 3
+    assert result.stderr.splitlines() == ["onnxslim: error: internal error: RuntimeError: first line second line third "
+                                          "(please report it; -v shows the traceback)"]
+
+
+# --------------------------------------------------------------------------------------------
+# 6. A reader that goes away (| head -1) changes nothing but what it sees
+
+
+def _run_with_closed_stdout(*args) -> subprocess.CompletedProcess:
+    """Run the CLI with a stdout pipe whose reader closed before the first write (startup takes
+    longer than closing the pipe), so every print meets a broken pipe."""
+    code = "import sys; from onnxslim.cli import main; sys.argv[0] = 'onnxslim'; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    return subprocess.CompletedProcess(args, proc.wait(timeout=120), "", stderr)
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
+    model = _folder(tmp_path)
+    result = _run_with_closed_stdout("inspect", model)
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # was 'internal error: BrokenPipeError', exit 3
+
+
+def test_optimize_into_a_closed_pipe_still_writes_reports_and_gates(tmp_path):
+    model = _folder(tmp_path)
+    result = _run_with_closed_stdout("optimize", model, "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json",
+                                     "--fail-if", "nodes>0")
+    assert result.returncode == 1 and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == ["onnxslim: error: --fail-if: nodes>0 (nodes is 2) holds"]
+    assert json.loads((tmp_path / "r.json").read_text())["fail_if"][0]["holds"] is True
+
+
+def test_inspect_size_includes_external_data(tmp_path):
+    onnx.save_model(models.zoo_like(blocks=2), tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    info = json.loads(_invoke("inspect", tmp_path / "m.onnx", "--json").stdout)
+    on_disk = (tmp_path / "m.onnx").stat().st_size
+    assert info["file_bytes"] == on_disk and info["total_bytes"] == on_disk + (tmp_path / "m.data").stat().st_size
+    head = _invoke("inspect", tmp_path / "m.onnx").stdout.splitlines()[0]
+    assert "with external data" in head

@@ -59,4 +59,10 @@ def options_from_report(recorded: dict[str, Any]) -> dict[str, Any]:
     options = dict(recorded)
     if isinstance(options.get("stage_values"), dict):  # click gives repeatable options as tuples; JSON made them lists
         options["stage_values"] = {k: tuple(v) if isinstance(v, list) else v for k, v in options["stage_values"].items()}
+    from onnxslim.api import _options
+
+    try:
+        _options(options)  # a hand-edited report: wrong kinds are a usage error here, not a crash later
+    except UsageError as exc:
+        raise UsageError(f"--from-report: the report's {exc}") from None
     return options

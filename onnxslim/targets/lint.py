@@ -357,7 +357,10 @@ def main(argv: list[str] | None = None, prog: str = "onnxslim-lint") -> int:
     except OnnxSlimError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    _print_lines([f.line(args.model) for f in findings])
+    from onnxslim.progress import say
+
+    if findings:
+        say("\n".join(f.line(args.model) for f in findings))
     if args.json_path:
         try:
             _write_atomically(Path(args.json_path), json.dumps([asdict(f) for f in findings], indent=2) + "\n")
@@ -411,24 +414,6 @@ def _write_atomically(path: Path, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _print_lines(lines: list[str]) -> None:
-    """Print to stdout; when the reader has gone (BrokenPipeError), stop without a traceback and
-    point stdout at /dev/null so that the flush at exit does not complain either."""
-    import os
-
-    try:
-        for line in lines:
-            print(line)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
-            pass
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_inspect_maps_external_data_instead_of_reading_it(tmp_path, monkeypatch)
 
     monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_model", read_everything)
     external = _inspect_json(_save(models.zoo_like(), tmp_path / "external.onnx", external=True))
-    for key in ("path", "file_bytes"):
+    for key in ("path", "file_bytes", "total_bytes"):
         inline.pop(key), external.pop(key)
     assert external == inline, "the counts must not depend on where the weights are stored"
     assert external["macs_exact"] and external["macs"] > 0  # shape inference saw the Reshape specs
@@ -209,6 +209,18 @@ def test_from_report_with_a_malformed_report(tmp_path, saved_report):
     (tmp_path / "r.json").write_text(json.dumps({**saved_report, "input": ["model.onnx"]}))
     check_cli_rejected(tmp_path, ["optimize", "--from-report", tmp_path / "r.json", "-o", tmp_path / "o.onnx"],
                        "malformed report: 'input' is a list")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"passes": 123}, "--from-report: the report's option passes: expected a pipeline string"),  # exit 3 before
+    ({"seed": -4}, "--from-report: the report's option seed: expected an integer"),
+    ({"stage_values": {"quantise": "int8"}}, "unknown stage option 'quantise' (did you mean 'quantize'?)"),
+])
+def test_from_report_with_malformed_options(tmp_path, saved_report, options, message):
+    data = copy.deepcopy(saved_report)
+    data["options"].update(options)
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    check_cli_rejected(tmp_path, ["optimize", "--from-report", tmp_path / "r.json", "-o", tmp_path / "o.onnx"], re.escape(message))
 
 
 def test_report_command_output_paths(tmp_path, saved_report):

@@ -119,3 +119,11 @@ def test_weight_shared_by_if_branches_is_stored_once_on_disk(tmp_path):
     onnx.save_model(model, tmp_path / "m.onnx")
     onnxslim.api.optimize_file(tmp_path / "m.onnx", tmp_path / "o.onnx", verify=False)
     _check_if_model(model, onnx.load(tmp_path / "o.onnx"))
+
+
+def test_weights_read_only_inside_branches_are_counted():
+    # 'w' (8x3x3x3 = 216) is read only by the branches; each branch has its own scalar k.
+    _, report = onnxslim.optimize(_if_sharing_a_weight(), verify=False)
+    for stats in (report.before, report.after):
+        assert stats.parameters == 216 + 2  # was 0: the main graph's nodes never read w
+        assert stats.constant_bytes == 216 * 4 + 2 * 4
