@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -463,11 +463,14 @@ def render_report(report_json, html_path) -> None:
 # inspect
 
 
-def _value_info(v) -> dict[str, Any]:
+def _value_info(v, fixed: Sequence[int] | None = None) -> dict[str, Any]:
+    """Name, dtype and dims of a graph input/output (``fixed``: the dims --input-shape gave it)."""
     from onnx import helper
 
     t = v.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    if fixed is not None:
+        dims = [int(d) for d in fixed]
     try:
         dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?"
     except (KeyError, TypeError):
@@ -492,11 +495,15 @@ def inspect(model, as_json, input_shapes) -> None:
     api.check_model(proto, model)
     graph = import_model(proto)
     api._attach_weights(graph, weights)
-    api.apply_input_shapes(graph, parse_input_shapes(input_shapes))
+    fixed = parse_input_shapes(input_shapes)
+    api.apply_input_shapes(graph, fixed)
     if "infer_shapes" in registry():
         get_pass("infer_shapes")().run(graph, PassContext())
     stats = compute_stats(graph)
     inits = {i.name for i in proto.graph.initializer}
+    # with --input-shape, the output dims that follow from it (where shape inference knows them)
+    inferred = {t.name: t.shape for t in graph.outputs
+                if fixed and t.shape is not None and all(isinstance(d, int) and d >= 0 for d in t.shape)}
     info = {
         "path": str(model),
         "file_bytes": Path(model).stat().st_size,
@@ -504,8 +511,8 @@ def inspect(model, as_json, input_shapes) -> None:
         "ir_version": proto.ir_version,
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "opsets": {(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
-        "inputs": [_value_info(v) for v in proto.graph.input if v.name not in inits],
-        "outputs": [_value_info(v) for v in proto.graph.output],
+        "inputs": [_value_info(v, fixed.get(v.name)) for v in proto.graph.input if v.name not in inits],
+        "outputs": [_value_info(v, inferred.get(v.name)) for v in proto.graph.output],
         **stats.to_dict(),
     }
     if as_json:
@@ -520,9 +527,10 @@ def inspect(model, as_json, input_shapes) -> None:
         say(f"{kind}:")
         for v in info[kind]:
             say(f"  {v['name']}: {v['dtype']}[{', '.join(str(d) for d in v['shape'])}]")
+    approx = " (approx.: dynamic dims counted as 1, layers of unknown shape as 0)"
     say(f"nodes: {stats.nodes}   parameters: {human(stats.parameters)}   weight bytes: {human_bytes(stats.constant_bytes)}   "
-               f"MACs: {human(stats.macs)}{'' if stats.macs_exact else ' (approx.: dynamic dims counted as 1)'}")
-    say("ops: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.ops.items(), key=lambda kv: (-kv[1], kv[0]))))
+        f"MACs: {human(stats.macs)}{'' if stats.macs_exact else approx}")
+    say("ops: " + (", ".join(f"{k} {v}" for k, v in sorted(stats.ops.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"))
     if stats.macs_by_op:
         say("MACs by op: " + ", ".join(f"{k} {human(v)}" for k, v in stats.macs_by_op.items()))
     if stats.largest_tensors:

@@ -422,3 +422,27 @@ def test_inspect_size_includes_external_data(tmp_path):
     assert info["file_bytes"] == on_disk and info["total_bytes"] == on_disk + (tmp_path / "m.data").stat().st_size
     head = _invoke("inspect", tmp_path / "m.onnx").stdout.splitlines()[0]
     assert "with external data" in head
+
+
+def test_inspect_shows_the_shapes_input_shape_gives(tmp_path):
+    model = models.zoo_like(blocks=2)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    onnx.save_model(model, tmp_path / "m.onnx")
+    name, out = model.graph.input[0].name, model.graph.output[0].name
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    info = json.loads(_invoke("inspect", tmp_path / "m.onnx", "--json", "--input-shape", f"{name}:2,{','.join(map(str, dims))}").stdout)
+    assert info["inputs"][0]["shape"] == [2, *dims] and info["outputs"][0]["shape"][0] == 2  # were 'N' (the declared dims)
+    plain = json.loads(_invoke("inspect", tmp_path / "m.onnx", "--json").stdout)
+    assert plain["inputs"][0]["shape"][0] == "N" and plain["outputs"][0]["shape"][0] == "N"
+    assert plain["outputs"][0]["name"] == out
+
+
+def test_inspect_of_a_model_without_nodes_says_none():
+    empty = models.zero_nodes()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        onnx.save_model(empty, Path(d) / "e.onnx")
+        lines = _invoke("inspect", Path(d) / "e.onnx").stdout.splitlines()
+    assert "ops: none" in lines
