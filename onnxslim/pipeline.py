@@ -37,6 +37,7 @@ DEFAULT_FIXED_POINT_CAP = 10
 CLEANUP_PASSES = (
     "fold_constants",
     "fold_shapes",
+    "inline_if",
     "simplify_reshape_shape",
     "eliminate_identity",
     "collapse_reshapes",
