@@ -281,9 +281,9 @@ def test_batches_regroup_chunks_in_order(batch_size):
         assert all(b[key].flags.c_contiguous for b in got)
 
 
-def test_a_fixed_batch_model_leaves_out_short_batches_at_shape_changes(tmp_path, caplog):
-    # Batch fixed at 2, sequence length free: 3 samples of length 4, then 3 of length 8. Batches
-    # never mix lengths, so each file ends on a short batch of 1; both are left out, said once.
+def _batch2_sequences(folder, samples_per_length: int):
+    """A MatMul whose batch is fixed at 2 and sequence length free, and calibration data in two
+    files: ``samples_per_length`` samples of length 4, then as many of length 8."""
     from onnx import helper
 
     from tests.helpers import init, make_model, vi
@@ -292,26 +292,25 @@ def test_a_fixed_batch_model_leaves_out_short_batches_at_shape_changes(tmp_path,
     model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [vi("x", [2, "seq", 16])],
                        [vi("y", [2, "seq", 16])], [init("w", w)])
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "a.npz", x=rng.standard_normal((3, 4, 16)).astype(np.float32))
-    np.savez(tmp_path / "b.npz", x=rng.standard_normal((3, 8, 16)).astype(np.float32))
-    stats, seen = collect_stats(model, ["y"], load_calibration(tmp_path, model), batch_size=4)
+    np.savez(folder / "a.npz", x=rng.standard_normal((samples_per_length, 4, 16)).astype(np.float32))
+    np.savez(folder / "b.npz", x=rng.standard_normal((samples_per_length, 8, 16)).astype(np.float32))
+    return model, load_calibration(folder, model)
+
+
+def test_a_fixed_batch_model_leaves_out_short_batches_at_shape_changes(tmp_path, caplog):
+    # 3 samples of length 4, then 3 of length 8. Batches never mix lengths, so each file ends on
+    # a short batch of 1; both are left out, said once.
+    model, data = _batch2_sequences(tmp_path, 3)
+    stats, seen = collect_stats(model, ["y"], data, batch_size=4)
     assert seen == 4 and stats["y"].count == 2 * 4 * 16 + 2 * 8 * 16
     warnings = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert warnings == ["calibration: the model's batch is fixed at 2; 2 sample(s) that do not fill a batch are left out"]
 
 
 def test_a_fixed_batch_model_that_no_batch_fits_is_an_error(tmp_path):
-    # Batch fixed at 2; one sample of length 4, one of length 8: no two samples share a batch.
-    from onnx import helper
-
+    # One sample of length 4, one of length 8: no two samples share a batch.
     from onnxslim.errors import UsageError
-    from tests.helpers import init, make_model, vi
 
-    w = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
-    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [vi("x", [2, "seq", 16])],
-                       [vi("y", [2, "seq", 16])], [init("w", w)])
-    rng = np.random.default_rng(1)
-    np.savez(tmp_path / "a.npz", x=rng.standard_normal((1, 4, 16)).astype(np.float32))
-    np.savez(tmp_path / "b.npz", x=rng.standard_normal((1, 8, 16)).astype(np.float32))
+    model, data = _batch2_sequences(tmp_path, 1)
     with pytest.raises(UsageError, match=r"batch is fixed at 2 and no 2 samples of the same shape could make a batch \(2 sample"):
-        collect_stats(model, ["y"], load_calibration(tmp_path, model), batch_size=4)
+        collect_stats(model, ["y"], data, batch_size=4)

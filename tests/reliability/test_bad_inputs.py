@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from onnxslim import cli
 from onnxslim import pipeline as pl
@@ -238,15 +238,22 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
-def invoke(args: list) -> "click.testing.Result":  # noqa: F821
+def invoke(args: list) -> Result:
     if "-o" not in [str(a) for a in args]:
         args = [*args, "-o", Path(args[0]).with_name("out.onnx")]
     return CliRunner().invoke(cli.main, ["optimize", *(str(a) for a in args)], catch_exceptions=False)
 
 
 def check_rejected(folder: Path, args: list, message: str) -> str:
+    """``onnxslim optimize ARGS`` is refused: exit 2, one line matching ``message``, nothing changed."""
+    return check_refusal(folder, lambda: invoke(args), message)
+
+
+def check_refusal(folder: Path, command: Callable[[], Result], message: str) -> str:
+    """``command()`` (a CLI invocation) is refused: exit 2, one error line matching ``message``, no
+    stdout, no traceback, and ``folder`` as it was (no input changed, no output or staging file left)."""
     before = snapshot(folder)
-    result = invoke(args)
+    result = command()
     assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
     line = error_line(result.stderr)
     assert re.search(message, line), f"{line!r} does not match {message!r}"

@@ -23,6 +23,7 @@ from onnxslim.pipeline import PassContext
 from onnxslim.pruning.reconstruct import Layer, refit
 from onnxslim.svd.linalg import Moments, decompose
 from tests.helpers import apply_passes, init, make_model, vi
+from tests.reliability.test_bad_inputs import error_line
 
 RNG = np.random.default_rng(0)
 
@@ -106,11 +107,7 @@ def optimize(tmp_path: Path, model: onnx.ModelProto, *args, calib: np.ndarray | 
     return result.exit_code, result.stderr, loaded, onnx.load(out) if out.exists() else None
 
 
-def one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
-    assert lines[0].startswith("onnxslim: error: "), stderr
-    return lines[0]
+one_error_line = error_line  # one line on stderr, ours
 
 
 def only_our_lines(stderr: str) -> None:
