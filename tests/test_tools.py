@@ -3,6 +3,7 @@ reading, the measuring runner, the bench's evaluation and table. No torch export
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -284,3 +286,22 @@ def test_failing_tool_becomes_an_error_row(tmp_path):
     assert output is None and row.status == "error: no output file written"
     row, _ = bench.run_tool(silent, "tiny", src, tmp_path, {"silent": "setup: pip failed"}, opts)
     assert row.status == "error: setup: pip failed" and row.wall_s is None
+
+
+def test_quant_digests_are_stable_and_name_the_file(tmp_path, monkeypatch):
+    import bench_quant
+    import quant_digests
+
+    model = make_model([helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                       [vi("x", ["batch", 8])], [vi("y", ["batch", 8])],
+                       [init("W", np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32))])
+    onnx.save_model(model, tmp_path / "tiny.onnx")
+    samples = {"x": np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32)}
+    monkeypatch.setitem(bench_quant.MODELS, "tiny", "tiny.onnx")
+    monkeypatch.setattr(bench_quant, "model_data", lambda name, zoo, m, calib, holdout: (samples, {}, {}))
+    first = list(quant_digests.digests(tmp_path, tmp_path / "a", ["tiny"], ["minmax", "mse"], 16))
+    again = list(quant_digests.digests(tmp_path, tmp_path / "b", ["tiny"], ["minmax", "mse"], 16))
+    assert first == again and [(n, m) for n, m, _ in first] == [("tiny", "minmax"), ("tiny", "mse")]
+    assert first[0][2] == hashlib.sha256((tmp_path / "b" / "tiny-minmax.onnx").read_bytes()).hexdigest()
+    out = onnx.load(tmp_path / "b" / "tiny-minmax.onnx")
+    assert {n.op_type for n in out.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}  # it did quantize
