@@ -238,7 +238,8 @@ def _drop_value_info_unless(keep: bool, model: onnx.ModelProto) -> onnx.ModelPro
     """Intermediate shape annotations are written only when the input carried some: onnxruntime
     infers them anyway, and a model must not grow for them (a ~1% size increase otherwise)."""
     if not keep:
-        del model.graph.value_info[:]
+        for graph in _graph_protos(model.graph):  # subgraphs too: shape inference annotates them now
+            del graph.value_info[:]
     return model
 
 

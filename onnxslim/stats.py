@@ -88,17 +88,12 @@ def node_macs(node: gs.Node) -> tuple[int, bool]:
 
 
 def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
-    """Statistics of the main graph: nodes, ops and MACs of its own nodes (subgraphs' nodes are
-    not counted); parameters and weight bytes of every constant, those read only inside a
-    subgraph (an If branch, a Loop body) included, each counted once."""
-    macs_total, exact = 0, True
+    """Statistics of the main graph: nodes and ops of its own nodes (subgraphs' nodes are not
+    counted there); MACs of its nodes and of its subgraphs (an If: its costlier branch; a Loop or
+    Scan body: one iteration, and the figure is then marked approximate); parameters and weight
+    bytes of every constant, those read only inside a subgraph included, each counted once."""
     macs_by_op: dict[str, int] = {}
-    for node in graph.nodes:
-        macs, ok = node_macs(node)
-        if macs:
-            macs_by_op[node.op] = macs_by_op.get(node.op, 0) + macs
-            macs_total += macs
-        exact &= ok
+    macs_total, exact = _graph_macs(graph, macs_by_op)
     params = nbytes = 0
     sizes = []
     seen: set[int] = set()
@@ -133,6 +128,30 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
         macs_by_op=dict(sorted(macs_by_op.items())),
         largest_tensors=largest,
     )
+
+
+def _graph_macs(graph: gs.Graph, by_op: dict[str, int]) -> tuple[int, bool]:
+    """MACs of ``graph``'s nodes and their subgraphs, added into ``by_op``; whether exact."""
+    total, exact = 0, True
+    for node in graph.nodes:
+        macs, ok = node_macs(node)
+        if macs:
+            by_op[node.op] = by_op.get(node.op, 0) + macs
+        total, exact = total + macs, exact and ok
+        branches = []
+        for sub in iter_subgraphs(node):
+            sub_ops: dict[str, int] = {}
+            sub_macs, sub_ok = _graph_macs(sub, sub_ops)
+            branches.append((sub_macs, sub_ops))
+            exact = exact and sub_ok
+        if branches:
+            macs, ops = max(branches, key=lambda b: b[0]) if node.op == "If" else (
+                sum(b[0] for b in branches), {k: sum(b[1].get(k, 0) for b in branches) for k in set().union(*(b[1] for b in branches))})
+            for op, value in ops.items():
+                by_op[op] = by_op.get(op, 0) + value
+            total += macs
+            exact = exact and (node.op == "If" or macs == 0)  # a loop body runs an unknown number of times
+    return total, exact
 
 
 def _all_nodes(graph: gs.Graph):

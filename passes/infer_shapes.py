@@ -23,7 +23,7 @@ Preconditions: none. When inference raises, the graph is left as it is and the p
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -63,6 +63,36 @@ def ir_version_for(imports: Sequence[onnx.OperatorSetIdProto]) -> int:
         return max(7, onnx.helper.find_min_ir_version_for(list(imports), ignore_unknown=True))
     except Exception:  # an unknown opset version: let the consumer decide
         return onnx.IR_VERSION
+
+
+def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph nested in it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                yield from _proto_graphs(sub)
+
+
+def _subgraph_pairs(graph: gs.Graph, proto: onnx.GraphProto) -> Iterator[tuple[gs.Graph, onnx.GraphProto]]:
+    """Each subgraph of ``graph`` (any depth) with its counterpart in the exported, inferred
+    ``proto``: nodes matched by their first output's name (unique in a scope) and op type,
+    subgraphs by attribute name and position."""
+    by_output = {n.output[0]: n for n in proto.node if n.output}
+    for node in graph.nodes:
+        pnode = by_output.get(node.outputs[0].name) if node.outputs else None
+        if pnode is None or pnode.op_type != node.op:
+            continue
+        attrs = {a.name: a for a in pnode.attribute}
+        for name, value in node.attrs.items():
+            attr = attrs.get(name)
+            subs = [value] if isinstance(value, gs.Graph) else [v for v in value if isinstance(v, gs.Graph)] \
+                if isinstance(value, (list, tuple)) else []
+            if attr is None or not subs:
+                continue
+            for sub, proto_sub in zip(subs, [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield sub, proto_sub
+                yield from _subgraph_pairs(sub, proto_sub)
 
 
 def lightweight_model(graph: gs.Graph, inline_limit: int = INLINE_LIMIT_BYTES) -> onnx.ModelProto:
@@ -157,15 +187,20 @@ class InferShapes(Pass):
             return PassResult(changed=inputs_fixed > 0, counters={"inputs_fixed": inputs_fixed, "tensors_updated": 0})
 
         tensors = graph.tensors()
+        annotated = [vi for g in _proto_graphs(inferred.graph) for vi in list(g.value_info) + list(g.output)]
         invented = {
             d.dim_param
-            for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
+            for vi in annotated
             for d in vi.type.tensor_type.shape.dim
             if d.dim_param.startswith(_INVENTED_SYMBOL_PREFIX)
         } - _symbols(tensors)
         # Inputs too: large Constant-node outputs travel as inputs and may lack an annotation.
         found = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
         updated = sum(self._update(tensors.get(vi.name), vi, invented) for vi in found)
+        for sub, inferred_sub in _subgraph_pairs(graph, inferred.graph):  # If branches, Loop/Scan bodies
+            sub_tensors = sub.tensors()
+            updated += sum(self._update(sub_tensors.get(vi.name), vi, invented)
+                           for vi in list(inferred_sub.value_info) + list(inferred_sub.output))
         return PassResult(
             changed=inputs_fixed > 0 or updated > 0,
             counters={"inputs_fixed": inputs_fixed, "tensors_updated": updated},

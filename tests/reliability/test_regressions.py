@@ -127,3 +127,44 @@ def test_weights_read_only_inside_branches_are_counted():
     for stats in (report.before, report.after):
         assert stats.parameters == 216 + 2  # was 0: the main graph's nodes never read w
         assert stats.constant_bytes == 216 * 4 + 2 * 4
+
+
+def _if_with_branches_of_different_cost() -> onnx.ModelProto:
+    """x[1,3,8,8] -> If(cond): then Conv 3x3 (8 filters), else Conv 5x5 (8 filters)."""
+    rng = np.random.default_rng(0)
+    weights = {"wa": rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "wb": rng.standard_normal((8, 3, 5, 5)).astype(np.float32)}
+    branches = [helper.make_graph([helper.make_node("Conv", ["x", w], [f"c_{w}"], pads=[p] * 4)], f"g_{w}", [],
+                                  [helper.make_tensor_value_info(f"c_{w}", TensorProto.FLOAT, [1, 8, 8, 8])])
+                for w, p in (("wa", 1), ("wb", 2))]
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branches[0], else_branch=branches[1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                                            helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+                              [onnx.numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_macs_inside_branches_count_the_costlier_branch(tmp_path):
+    model = _if_with_branches_of_different_cost()
+    optimized, report = onnxslim.optimize(model, verify=False)
+    costly = 8 * 8 * 8 * 3 * 5 * 5  # the 5x5 branch: 38,400 (the 3x3 one: 13,824)
+    assert report.before.macs == report.after.macs == costly and report.before.macs_exact  # were 0: no shapes inside
+    assert report.before.macs_by_op == {"Conv": costly}
+    for graph in [optimized.graph] + [a.g for a in optimized.graph.node[0].attribute]:
+        assert len(graph.value_info) == 0  # annotations inside the branches are not written (the input had none)
+
+
+def test_a_loop_body_counts_one_iteration_and_says_approximate():
+    w = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["h_in", "w"], ["h_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [2, 4])])
+    node = helper.make_node("Loop", ["n", "", "h0"], ["h"], body=body)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("n", TensorProto.INT64, []),
+                                            helper.make_tensor_value_info("h0", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, report = onnxslim.optimize(model, verify=False)
+    assert report.before.macs == 2 * 4 * 4 and not report.before.macs_exact
