@@ -79,6 +79,16 @@ def export(
     ``opset``: the opset to ask for (default: 18 for dynamo, 17 for legacy). ``exporter``:
     "auto" (dynamo, then legacy), "dynamo" or "legacy". Raises :class:`ExportError` when every
     attempt fails, with each attempt's reason.
+
+    The module runs in eval mode (dropout off, batch norm on its running statistics) and is put
+    back in the train/eval mode of each submodule it had, also on errors and Ctrl-C. Forward runs
+    on copies of ``example_inputs``: a forward that changes its inputs in place leaves the caller's
+    tensors alone. Bad arguments (not a module, inputs that are not tensors, a forward that fails
+    on them, ``dynamic_axes`` naming something not in ``input_names``/``output_names``, which
+    torch would silently ignore) raise :class:`~onnxslim.errors.UsageError`; a missing folder or
+    a directory as ``path`` raises :class:`~onnxslim.errors.OutputError` before any work.
+    An existing file at ``path`` is replaced, atomically and only once an attempt has passed the
+    checks (a failed export leaves it as it was); with external data, ``<name>.data`` beside it too.
     """
     import torch
 
@@ -86,32 +96,105 @@ def export(
 
     if exporter not in EXPORTERS:
         raise UsageError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    module.eval()
-    with torch.no_grad():
-        expected = _flatten(module(*inputs))
-    if external_data is None:
-        external_data = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES
-    plan = {"auto": [("dynamo", opset or DYNAMO_OPSET), ("legacy", opset or LEGACY_OPSET)],
-            "dynamo": [("dynamo", opset or DYNAMO_OPSET)], "legacy": [("legacy", opset or LEGACY_OPSET)]}[exporter]
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"module must be a torch.nn.Module, not {type(module).__name__}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise UsageError(f"tolerance must be a number >= 0, not {tolerance!r}")
+    inputs = _example_inputs(torch, example_inputs)
+    _check_names(input_names, output_names, dynamic_axes, inputs)
     path = Path(path)
-    io.check_output_path(path, [])
-    attempts: list[dict[str, Any]] = []
-    for name, version in plan:
-        with io.staged(path) as tmp:
-            staged_file = tmp / path.name
+    io.check_output_path(path, [])  # before running anything: a missing folder or a directory fails at once
+    feeds = [t.cpu().numpy().copy() for t in inputs]
+    modes = {m: m.training for m in module.modules()}  # restored on the way out, whatever happens
+    try:
+        module.eval()
+        with torch.no_grad():
             try:
-                _run_exporter(torch, module, inputs, staged_file, name, version, input_names, output_names, dynamic_axes, external_data)
-                error = _check(staged_file, version, [np.asarray(t.detach().cpu().numpy()) for t in inputs], expected, tolerance)
-            except Exception as exc:  # exporters raise anything; the reason goes into the next attempt's note
-                attempts.append({"exporter": name, "opset": version, "ok": False, "reason": _first_line(exc)})
-                logger.info("torch export with the %s exporter (opset %d) failed: %s", name, version, attempts[-1]["reason"])
-                continue
-            io.commit(tmp, path, sorted(tmp.iterdir()))
-        attempts.append({"exporter": name, "opset": version, "ok": True, "reason": ""})
-        return ExportResult(path, name, version, error, len(expected), attempts)
+                outputs = module(*_fresh(inputs))
+            except Exception as exc:
+                raise UsageError(f"{type(module).__name__}.forward failed on the example inputs: "
+                                 f"{type(exc).__name__}: {_first_line(exc)}") from None
+        expected = _flatten(outputs)
+        if output_names and len(output_names) > len(expected):
+            raise UsageError(f"{len(output_names)} output name(s) for the {len(expected)} output(s) the module returns")
+        if external_data is None:
+            external_data = sum(t.numel() * t.element_size()
+                                for t in (*module.parameters(), *module.buffers())) > _EXTERNAL_DATA_BYTES
+        plan = {"auto": [("dynamo", opset or DYNAMO_OPSET), ("legacy", opset or LEGACY_OPSET)],
+                "dynamo": [("dynamo", opset or DYNAMO_OPSET)], "legacy": [("legacy", opset or LEGACY_OPSET)]}[exporter]
+        attempts: list[dict[str, Any]] = []
+        for name, version in plan:
+            with io.staged(path) as tmp:
+                staged_file = tmp / path.name
+                try:
+                    # fresh copies each time: a forward that changes its inputs in place must not
+                    # change the caller's tensors, the next attempt's, or the feeds checked below
+                    _run_exporter(torch, module, _fresh(inputs), staged_file, name, version, input_names, output_names,
+                                  dynamic_axes, external_data)
+                    module.eval()  # an exporter may leave the module in another mode
+                    error = _check(staged_file, version, feeds, expected, tolerance)
+                except Exception as exc:  # exporters raise anything; the reason goes into the next attempt's note
+                    attempts.append({"exporter": name, "opset": version, "ok": False, "reason": _first_line(exc)})
+                    logger.info("torch export with the %s exporter (opset %d) failed: %s", name, version, attempts[-1]["reason"])
+                    continue
+                io.commit(tmp, path, sorted(tmp.iterdir()))
+            attempts.append({"exporter": name, "opset": version, "ok": True, "reason": ""})
+            return ExportResult(path, name, version, error, len(expected), attempts)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
     tried = "; ".join(f"{a['exporter']} (opset {a['opset']}): {a['reason']}" for a in attempts)
     raise ExportError(f"could not export {type(module).__name__} to ONNX: {tried}")
+
+
+def _example_inputs(torch, example_inputs: Any) -> tuple:
+    """The example inputs as a tuple of detached copies (the caller's tensors are never used)."""
+    if isinstance(example_inputs, Mapping):
+        raise UsageError("example_inputs must be a tensor or a tuple of tensors (positional arguments of forward), "
+                         "not a dict; wrap the module to take keyword inputs positionally")
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not inputs:
+        raise UsageError("example_inputs is empty; give one tensor per positional argument of forward")
+    for i, t in enumerate(inputs):
+        if not isinstance(t, torch.Tensor):
+            raise UsageError(f"example input {i} is a {type(t).__name__}; give torch tensors (torch.from_numpy for arrays)")
+        if t.dtype in (torch.bfloat16,) or t.is_complex() or t.dtype.is_floating_point and t.dtype.itemsize == 1:
+            raise UsageError(f"example input {i} has dtype {t.dtype}, which onnxruntime cannot be fed from NumPy")
+    return tuple(t.detach().clone() for t in inputs)
+
+
+def _fresh(inputs: tuple) -> tuple:
+    return tuple(t.clone() for t in inputs)
+
+
+def _check_names(input_names, output_names, dynamic_axes, inputs: tuple) -> None:
+    """Names and dynamic axes that torch would silently ignore are errors here."""
+    for kind, names in (("input_names", input_names), ("output_names", output_names)):
+        if names is None:
+            continue
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise UsageError(f"{kind} must be a list of non-empty strings, not {names!r}")
+        if len(set(names)) != len(names):
+            raise UsageError(f"{kind} has a repeated name: {list(names)}")
+    if input_names and len(input_names) > len(inputs):
+        raise UsageError(f"{len(input_names)} input name(s) for {len(inputs)} example input(s)")
+    if not dynamic_axes:
+        return
+    if not isinstance(dynamic_axes, Mapping):
+        raise UsageError(f"dynamic_axes must be a dict of name -> {{axis: name}}, not {type(dynamic_axes).__name__}")
+    ranks = {n: t.dim() for n, t in zip(input_names or [], inputs)}
+    known = set(ranks) | set(output_names or [])
+    for key, axes in dynamic_axes.items():
+        if key not in known:
+            raise UsageError(f"dynamic_axes names {key!r}, which is not in input_names or output_names "
+                             f"({', '.join(sorted(known)) or 'none given'}); torch would ignore it and keep the axis fixed")
+        axis_list = list(axes.keys()) if isinstance(axes, Mapping) else list(axes) if isinstance(axes, (list, tuple)) else None
+        if axis_list is None or not all(isinstance(a, int) and not isinstance(a, bool) for a in axis_list):
+            raise UsageError(f"dynamic_axes[{key!r}] must map axis numbers to names (or list axis numbers), not {axes!r}")
+        rank = ranks.get(key)
+        bad = [a for a in axis_list if rank is not None and not 0 <= a < rank]
+        if bad:
+            raise UsageError(f"dynamic_axes[{key!r}]: axis {bad[0]} is out of range for a {rank}-d input")
 
 
 def _run_exporter(torch, module, inputs, file: Path, exporter: str, opset: int, input_names, output_names,
