@@ -259,13 +259,36 @@ def write_into(model: onnx.ModelProto, file: Path, external_data: bool | None) -
 
 
 def commit(tmp_dir: Path, dest: Path, written: list[Path]) -> None:
-    """Move staged files into place: data file first, then the model (an atomic rename each)."""
-    for f in sorted(written, key=lambda p: p == tmp_dir / dest.name):
-        target = dest.parent / (dest.name if f.name == dest.name else f.name)
-        try:
-            os.replace(f, target)
-        except OSError as exc:
-            raise OutputError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+    """Move staged files into place: data file first, then the model (an atomic rename each).
+    Ctrl-C waits until both are in place: a new ``.data`` beside the old model would be a pair
+    that no longer matches."""
+    with _interrupts_deferred():
+        for f in sorted(written, key=lambda p: p == tmp_dir / dest.name):
+            target = dest.parent / (dest.name if f.name == dest.name else f.name)
+            try:
+                os.replace(f, target)
+            except OSError as exc:
+                raise OutputError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT arriving inside the block is raised as KeyboardInterrupt when it ends (main thread
+    only: elsewhere Python delivers no signals anyway)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if caught:
+        raise KeyboardInterrupt
 
 
 # --------------------------------------------------------------------------------------------

@@ -111,3 +111,32 @@ def test_unchanged_model_does_not_grow_by_a_byte(tmp_path):
     src.write_bytes(model.SerializeToString())
     optimize_file(src, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx").stat().st_size <= src.stat().st_size
+
+
+def test_ctrl_c_while_committing_waits_until_model_and_data_match(tmp_path, monkeypatch):
+    """SIGINT between moving the new .data and the new model used to leave the new data beside
+    the old model (a pair that does not match); now both land, then KeyboardInterrupt."""
+    import os
+    import signal
+
+    def model_with(value: float) -> onnx.ModelProto:
+        w = np.full((64, 64), value, np.float32)
+        return make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", [1, 64])], [vi("y", [1, 64])], [init("w", w)])
+
+    dest = tmp_path / "m.onnx"
+    io.save(model_with(1.0), dest, external_data=True)
+    real_replace, moves = os.replace, []
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        moves.append(str(dst))
+        if len(moves) == 1:  # right after the data file, before the model
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(io.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        io.save(model_with(2.0), dest, external_data=True)
+    assert moves == [str(tmp_path / "m.onnx.data"), str(dest)]
+    loaded = onnx.load(dest)  # reads the .data beside it
+    assert float(numpy_helper.to_array(loaded.graph.initializer[0])[0, 0]) == 2.0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
