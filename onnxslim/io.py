@@ -261,7 +261,11 @@ def write_into(model: onnx.ModelProto, file: Path, external_data: bool | None) -
 def commit(tmp_dir: Path, dest: Path, written: list[Path]) -> None:
     """Move staged files into place: data file first, then the model (an atomic rename each).
     Ctrl-C waits until both are in place: a new ``.data`` beside the old model would be a pair
-    that no longer matches."""
+    that no longer matches. A ``<name>.data`` that an earlier save wrote beside ``dest`` and this
+    one does not is removed with the model that read it (only then; callers have refused a
+    ``dest`` whose ``.data`` is a file the input model reads: :func:`check_not_input_data`)."""
+    stale = dest.parent / (dest.name + ".data")
+    orphan = stale.name not in {f.name for f in written} and stale.name in _data_files_read_by(dest)
     with _interrupts_deferred():
         for f in sorted(written, key=lambda p: p == tmp_dir / dest.name):
             target = dest.parent / (dest.name if f.name == dest.name else f.name)
@@ -269,6 +273,22 @@ def commit(tmp_dir: Path, dest: Path, written: list[Path]) -> None:
                 os.replace(f, target)
             except OSError as exc:
                 raise OutputError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+        if orphan and stale.is_file() and not stale.is_symlink():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _data_files_read_by(model_file: Path, probe_limit: int = 64 << 20) -> set[str]:
+    """Locations of the external data an existing (small) model file reads; empty when there is
+    no such file, it is too big to be a header, or it is not a model."""
+    try:
+        if not model_file.is_file() or model_file.stat().st_size > probe_limit:
+            return set()
+        header = onnx.load_model(str(model_file), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError):
+        return set()
+    return {onnx.external_data_helper.ExternalDataInfo(t).location for t in onnx.external_data_helper._get_all_tensors(header)
+            if onnx.external_data_helper.uses_external_data(t)}
 
 
 @contextlib.contextmanager

@@ -140,3 +140,18 @@ def test_ctrl_c_while_committing_waits_until_model_and_data_match(tmp_path, monk
     loaded = onnx.load(dest)  # reads the .data beside it
     assert float(numpy_helper.to_array(loaded.graph.initializer[0])[0, 0]) == 2.0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_a_save_without_external_data_removes_the_data_file_the_old_model_read(tmp_path):
+    w = np.ones((64, 64), np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", [1, 64])], [vi("y", [1, 64])], [init("w", w)])
+    dest = tmp_path / "m.onnx"
+    io.save(model, dest, external_data=True)
+    assert (tmp_path / "m.onnx.data").is_file()
+    io.save(model, dest, external_data=False)
+    assert not (tmp_path / "m.onnx.data").exists()  # was left behind, read by nothing
+    # a '<name>.data' the old file did not read is someone else's: kept
+    (tmp_path / "r.json").write_text("{}")
+    (tmp_path / "r.json.data").write_text("mine")
+    io.save(model, tmp_path / "r.json", external_data=False)
+    assert (tmp_path / "r.json.data").read_text() == "mine"
