@@ -15,12 +15,12 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxslim import io
-from onnxslim.errors import InputModelError, UsageError, VerificationFailedError
-from onnxslim.graph import export_model, export_parts, import_model, iter_subgraphs
+from onnxslim.errors import InputModelError, UsageError, VerificationFailedError, first_line
+from onnxslim.graph import export_model, export_parts, import_model, iter_subgraphs, proto_graphs
 from onnxslim.pipeline import DEFAULT_PIPELINE, PassContext, PassRecord, Pipeline, get_pass, parse_pipeline, registry, without_passes
 from onnxslim.report import Report, file_digest
 from onnxslim.reporting.recorder import StageRecorder, chain_hooks
-from onnxslim.stats import ModelStats, compute as compute_stats
+from onnxslim.stats import MAC_OPS, ModelStats, compute as compute_stats
 from onnxslim.verify import VerificationResult, measure_fidelity, reference_outputs, synthesize_inputs, verify as verify_models, verify_against
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise InputModelError(f"invalid ONNX model: {first[:300]}") from exc
     except (RuntimeError, ValueError) as exc:  # e.g. an opset newer than the installed onnx
-        raise InputModelError(f"invalid ONNX model: {str(exc).strip().splitlines()[0][:300]}") from exc
+        raise InputModelError(f"invalid ONNX model: {first_line(exc)}") from exc
 
 
 def _check_opsets_known(model: onnx.ModelProto) -> None:
@@ -142,7 +142,7 @@ class _VerifyEach:
             try:
                 names, want = run(candidate, self.feeds)
             except Exception as exc:  # onnxruntime raises several unrelated types for a broken model
-                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc)
                 self.results.append({"pass": record.name, "round": record.round, "status": "failed", "reason": reason})
                 raise VerificationFailedError(f"pass {record.name!r} (round {record.round}) made a model onnxruntime cannot run: {reason}") from None
             if names == self.names:  # the next passes must keep this pass's outputs
@@ -202,7 +202,6 @@ def _run(
     return _drop_value_info_unless(keep_value_info, _restore_io_types(export_model(graph, model), model))
 
 
-_MAC_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
 _SHAPE_PASSES = ("fold_shapes", "simplify_reshape_shape", "infer_shapes")
 
 
@@ -217,7 +216,7 @@ def _before_stats(graph: gs.Graph, ctx: PassContext) -> ModelStats:
     on a copy that the lossless shape passes ran over: else the input would count 0 MACs for
     that node and a cleanup would seem to add them (and --fail-if macs-reduction would trip)."""
     stats = compute_stats(graph)
-    unresolved = any(n.op in _MAC_OPS and any(_unknown_dims(t.shape) for t in [*n.inputs[:1], *n.outputs[:1]]) for n in graph.nodes)
+    unresolved = any(n.op in MAC_OPS and any(_unknown_dims(t.shape) for t in [*n.inputs[:1], *n.outputs[:1]]) for n in graph.nodes)
     if not unresolved or not all(name in registry() for name in _SHAPE_PASSES):
         return stats
     try:
@@ -238,7 +237,7 @@ def _drop_value_info_unless(keep: bool, model: onnx.ModelProto) -> onnx.ModelPro
     """Intermediate shape annotations are written only when the input carried some: onnxruntime
     infers them anyway, and a model must not grow for them (a ~1% size increase otherwise)."""
     if not keep:
-        for graph in _graph_protos(model.graph):  # subgraphs too: shape inference annotates them now
+        for graph in proto_graphs(model.graph):  # subgraphs too: shape inference annotates them now
             del graph.value_info[:]
     return model
 
@@ -249,7 +248,7 @@ _UNREPRESENTABLE_ATTRIBUTES = {onnx.AttributeProto.TYPE_PROTO, onnx.AttributePro
 
 def _unrepresentable_attribute(model: onnx.ModelProto) -> str | None:
     """The first node attribute onnx-graphsurgeon's importer skips (a type, a sparse tensor, ...)."""
-    nodes = [n for g in _graph_protos(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
+    nodes = [n for g in proto_graphs(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
     for node in nodes:
         for attr in node.attribute:
             if attr.type in _UNREPRESENTABLE_ATTRIBUTES and not attr.ref_attr_name:
@@ -266,6 +265,18 @@ def _as_parts(model: onnx.ModelProto, weights: dict[str, np.ndarray] | None = No
     weights = weights or {}
     tensors = (onnx.numpy_helper.from_array(np.asarray(weights[t.name]), t.name) if t.name in weights else t for t in model.graph.initializer)
     return header, tensors
+
+
+def load_mapped(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, np.ndarray] | None]:
+    """``path`` checked, with weights in external data memory-mapped, never copied into the
+    process (``weights``: name -> mapped array, to attach with :func:`_attach_weights`); read
+    into the proto only where they cannot be mapped (``weights`` is None then)."""
+    model = io.load(path, load_external_data=False)
+    weights = io.map_external_data(model, path)
+    if weights is None:
+        io.read_external_data(model, path)
+    check_model(model, path)
+    return model, weights
 
 
 def _attach_weights(graph: gs.Graph, weights: dict[str, np.ndarray] | None) -> None:
@@ -289,21 +300,12 @@ def _untype_optionals(graph: gs.Graph) -> None:
 
 
 def _restore_io_types(out: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
-    types = {v.name: v.type for g in _graph_protos(original.graph) for v in [*g.input, *g.output]}
-    for g in _graph_protos(out.graph):
+    types = {v.name: v.type for g in proto_graphs(original.graph) for v in [*g.input, *g.output]}
+    for g in proto_graphs(out.graph):
         for value in [*g.input, *g.output]:
             if not value.type.WhichOneof("value") and value.name in types:
                 value.type.CopyFrom(types[value.name])
     return out
-
-
-def _graph_protos(graph: onnx.GraphProto):
-    """``graph`` and every subgraph inside it (If/Loop/Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
-                yield from _graph_protos(sub)
 
 
 def _context(target, device, options, input_shapes, strict) -> PassContext:
@@ -369,7 +371,7 @@ def _lossy_verification(original: Any, candidate: Any, ctx: PassContext, header:
     try:
         fid = measure_fidelity(original, candidate, feeds)
     except Exception as exc:  # onnxruntime raises unrelated types for a broken model
-        return VerificationResult("failed", _rows(feeds), seed, reason=f"model does not run: {str(exc).splitlines()[0][:300]}",
+        return VerificationResult("failed", _rows(feeds), seed, reason=f"model does not run: {first_line(exc)}",
                                   mode="lossy", samples_from=source)
     status, reason = "measured", ""
     if min_cosine is not None:  # a NaN cosine (a broken model) is the worst, never hidden by min()
@@ -626,13 +628,7 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     io.check_output_path(output, [input_path])
     io.check_not_input_data(output, input_path)
     build_pipeline(opts.passes, opts.skip)  # usage errors before loading a large model
-    model = io.load(input_path, load_external_data=False)
-    # Weights in external data are memory-mapped, never copied into the process (read into the
-    # proto only when they cannot be mapped, or for lossy stages, which run it in onnxruntime).
-    weights = io.map_external_data(model, input_path)
-    if weights is None:
-        io.read_external_data(model, input_path)
-    check_model(model, input_path)
+    model, weights = load_mapped(input_path)  # lossy stages read the weights in below: they run it in onnxruntime
     if opts.inputs_file is not None:
         check_inputs_file(opts.inputs_file, model, opts.input_shapes)
     pipeline, ctx = _prepare(model, opts)
@@ -687,9 +683,7 @@ def optimize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
             io.commit(tmp, final, written)
     emit_options = ctx.options.get("emit")
     if emit_options and not failed:  # --emit DIR (stage "target"): deployable artifacts for --target/--device
-        from onnxslim.targets import emit
-
-        from onnxslim.targets import EmitCheckFailedError
+        from onnxslim.targets import EmitCheckFailedError, emit
 
         t3 = time.perf_counter()
         try:

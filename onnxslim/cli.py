@@ -486,13 +486,7 @@ def _value_info(v, fixed: Sequence[int] | None = None) -> dict[str, Any]:
 def inspect(model, as_json, input_shapes) -> None:
     """Describe MODEL: inputs, outputs, opsets, ops, parameters, MACs, largest tensors."""
     _setup_logging(0, True)
-    proto = io.load(model, load_external_data=False)
-    # Counting needs shapes, not weights: external data is memory-mapped (pages read only where
-    # shape inference reads a small constant), read whole only when it cannot be mapped.
-    weights = io.map_external_data(proto, model)
-    if weights is None:
-        io.read_external_data(proto, model)
-    api.check_model(proto, model)
+    proto, weights = api.load_mapped(model)  # counting needs shapes, not weights: pages are read only where needed
     graph = import_model(proto)
     api._attach_weights(graph, weights)
     fixed = parse_input_shapes(input_shapes)
@@ -559,6 +553,7 @@ def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed
 
     if tolerance is not None and not tolerance > 0:
         raise UsageError("--tolerance must be a positive number")
+    shapes = parse_input_shapes(input_shapes)
     headers = [io.load(m, load_external_data=False) for m in (model_a, model_b)]
     for header in headers:
         api.check_model(header)
@@ -566,10 +561,10 @@ def verify(model_a, model_b, inputs_file, input_shapes, tolerance, samples, seed
     if set(inputs[0]) != set(inputs[1]):
         raise UsageError(f"the models take different inputs: {model_a} has {', '.join(sorted(inputs[0])) or 'none'}, "
                          f"{model_b} has {', '.join(sorted(inputs[1])) or 'none'}")
-    api.check_input_shapes(inputs[0], parse_input_shapes(input_shapes))
+    api.check_input_shapes(inputs[0], shapes)
     if inputs_file is not None:  # wrong dtype or shape: a usage error, not an onnxruntime failure
-        api.check_inputs_file(inputs_file, headers[0], parse_input_shapes(input_shapes))
-    result = verify_models(model_a, model_b, input_shapes=parse_input_shapes(input_shapes), inputs_file=inputs_file,
+        api.check_inputs_file(inputs_file, headers[0], shapes)
+    result = verify_models(model_a, model_b, input_shapes=shapes, inputs_file=inputs_file,
                            tolerance=tolerance, seed=seed, samples=samples)
     if result.outputs:
         say("\n".join(_table(["output", "shape", "dtype", "max abs", "max rel", "result"],

@@ -41,3 +41,10 @@ class VerificationFailedError(OnnxSlimError):
 
 class StrictModeError(OnnxSlimError):
     """An optional rewrite could not apply and ``strict`` was requested."""
+
+
+def first_line(exc: BaseException | None, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, at most ``limit`` characters (its
+    type name when it has none): libraries' errors (onnxruntime, torch, TVM) span many lines."""
+    lines = [line.strip() for line in str(exc or "").splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__

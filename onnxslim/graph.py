@@ -161,13 +161,13 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> on
     return model
 
 
-def _proto_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """Every subgraph nested in ``graph`` (If/Loop/Scan bodies), depth first, ``graph`` excluded."""
+def proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph nested in it (If/Loop/Scan bodies), depth first."""
+    yield graph
     for node in graph.node:
         for attr in node.attribute:
             for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
-                yield sub
-                yield from _proto_subgraphs(sub)
+                yield from proto_graphs(sub)
 
 
 def _hoist_outer_constants(model: onnx.ModelProto, template: onnx.ModelProto | None, streamed: set[str] = frozenset()) -> None:
@@ -177,7 +177,7 @@ def _hoist_outer_constants(model: onnx.ModelProto, template: onnx.ModelProto | N
     initializers of ``template``, and those that several subgraphs hold with the same bytes. A
     subgraph's copy of a constant the main graph holds too (or ``streamed``: main-graph
     initializers written apart, by name: one tensor in the graph) is dropped."""
-    subgraphs = list(_proto_subgraphs(model.graph))
+    subgraphs = list(proto_graphs(model.graph))[1:]
     if not subgraphs:
         return
     copies: dict[str, list[tuple[onnx.GraphProto, onnx.TensorProto]]] = {}
@@ -313,6 +313,14 @@ def iter_subgraphs(node: gs.Node) -> Iterator[gs.Graph]:
             for item in value:
                 if isinstance(item, gs.Graph):
                     yield item
+
+
+def graphs_under(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """``graph`` and every subgraph nested in it (If branches, Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.nodes:
+        for sub in iter_subgraphs(node):
+            yield from graphs_under(sub)
 
 
 def has_subgraph(node: gs.Node) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_nbytes, iter_subgraphs, op_histogram
+from onnxslim.graph import constant_nbytes, graphs_under, iter_subgraphs, op_histogram
 
 
 @dataclass
@@ -50,6 +50,10 @@ def _prod(values) -> int:
     for v in values:
         result *= int(v)
     return result
+
+
+MAC_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"})
+"""The ops :func:`node_macs` counts; every other op costs 0 MACs."""
 
 
 def node_macs(node: gs.Node) -> tuple[int, bool]:
@@ -98,12 +102,11 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
     sizes = []
     seen: set[int] = set()
     constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
-    for node in _all_nodes(graph):  # Constant nodes hold parameters too
-        for value in node.attrs.values():
-            if isinstance(value, gs.Constant):
-                constants.append(value)
-        for sub in iter_subgraphs(node):  # weights read only inside an If/Loop body are the model's too
-            constants.extend(t for t in sub.tensors().values() if isinstance(t, gs.Constant))
+    for g in graphs_under(graph):  # weights read only inside an If/Loop body are the model's too
+        if g is not graph:
+            constants.extend(t for t in g.tensors().values() if isinstance(t, gs.Constant))
+        for node in g.nodes:  # Constant nodes hold parameters too
+            constants.extend(v for v in node.attrs.values() if isinstance(v, gs.Constant))
     for t in constants:
         if id(t) in seen:
             continue
@@ -138,28 +141,21 @@ def _graph_macs(graph: gs.Graph, by_op: dict[str, int]) -> tuple[int, bool]:
         if macs:
             by_op[node.op] = by_op.get(node.op, 0) + macs
         total, exact = total + macs, exact and ok
-        branches = []
+        bodies = []
         for sub in iter_subgraphs(node):
-            sub_ops: dict[str, int] = {}
-            sub_macs, sub_ok = _graph_macs(sub, sub_ops)
-            branches.append((sub_macs, sub_ops))
+            ops: dict[str, int] = {}
+            sub_macs, sub_ok = _graph_macs(sub, ops)
+            bodies.append((sub_macs, ops))
             exact = exact and sub_ok
-        if branches:
-            macs, ops = max(branches, key=lambda b: b[0]) if node.op == "If" else (
-                sum(b[0] for b in branches), {k: sum(b[1].get(k, 0) for b in branches) for k in set().union(*(b[1] for b in branches))})
+        if node.op == "If" and bodies:
+            bodies = [max(bodies, key=lambda b: b[0])]  # the costlier branch
+        elif any(m for m, _ in bodies):
+            exact = False  # a loop body runs an unknown number of times: one iteration counted
+        for sub_macs, ops in bodies:
+            total += sub_macs
             for op, value in ops.items():
                 by_op[op] = by_op.get(op, 0) + value
-            total += macs
-            exact = exact and (node.op == "If" or macs == 0)  # a loop body runs an unknown number of times
     return total, exact
-
-
-def _all_nodes(graph: gs.Graph):
-    """The nodes of ``graph`` and of every subgraph nested in it."""
-    for node in graph.nodes:
-        yield node
-        for sub in iter_subgraphs(node):
-            yield from _all_nodes(sub)
 
 
 _QUANTIZED_DTYPES = {np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32), np.dtype(np.int16), np.dtype(np.uint16)}

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from onnxslim.cpu import usable_cores
-from onnxslim.errors import InputModelError, UsageError
+from onnxslim.errors import InputModelError, UsageError, first_line
 from onnxslim.io import TWO_GB, save
 
 # Default tolerance per output dtype (relative to the output's magnitude).
@@ -216,7 +216,7 @@ def reference_outputs(
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
                 ort.capi.onnxruntime_pybind11_state.RuntimeException) as exc:
             last_error = exc
-    raise InputModelError(f"the original model does not run in onnxruntime on synthesized inputs: {_first_line(last_error)}")
+    raise InputModelError(f"the original model does not run in onnxruntime on synthesized inputs: {first_line(last_error)}")
 
 
 def _has_symbolic_dims(model: onnx.ModelProto, input_shapes: dict | None) -> bool:
@@ -226,11 +226,6 @@ def _has_symbolic_dims(model: onnx.ModelProto, input_shapes: dict | None) -> boo
         if any(not d.HasField("dim_value") for d in inp.type.tensor_type.shape.dim):
             return True
     return False
-
-
-def _first_line(exc: BaseException | None) -> str:
-    text = str(exc or "").strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def compare_outputs(
@@ -331,7 +326,7 @@ def verify_against(
     try:
         names_b, got = run(candidate, feeds_list)
     except Exception as exc:  # onnxruntime raises several unrelated types for a broken model
-        return VerificationResult("failed", len(feeds_list), seed, [], f"optimized model does not run: {_first_line(exc)}", shapes)
+        return VerificationResult("failed", len(feeds_list), seed, [], f"optimized model does not run: {first_line(exc)}", shapes)
     comparisons = compare_outputs(names_a, want, names_b, got, tolerance)
     status = "passed" if all(c.ok for c in comparisons) else "failed"
     bad = [f"{c.name}: {c.problem}" for c in comparisons if not c.ok]

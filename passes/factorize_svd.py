@@ -37,11 +37,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.calibration import synthetic
-from onnxslim.calibration.data import model_inputs
+from onnxslim.calibration.data import fixed_batch, model_inputs
 from onnxslim.errors import UsageError
 from onnxslim.graph import NameScope, consumers, export_model, opset
 from onnxslim.pipeline import Pass, PassContext, PassResult
-from onnxslim.svd.collect import Cache, collect_moments, fixed_batch, weight_digest
+from onnxslim.svd.collect import Cache, collect_moments, weight_digest
 from onnxslim.svd.linalg import Decomposition, choose_rank, decompose
 from onnxslim.svd.sites import Site, emit, find_site, macs
 from onnxslim.svd.spec import SvdSpec

@@ -30,7 +30,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
-from onnxslim.graph import constant_nbytes, opset
+from onnxslim.graph import constant_nbytes, opset, proto_graphs
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
@@ -63,15 +63,6 @@ def ir_version_for(imports: Sequence[onnx.OperatorSetIdProto]) -> int:
         return max(7, onnx.helper.find_min_ir_version_for(list(imports), ignore_unknown=True))
     except Exception:  # an unknown opset version: let the consumer decide
         return onnx.IR_VERSION
-
-
-def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph nested in it."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
-                yield from _proto_graphs(sub)
 
 
 def _subgraph_pairs(graph: gs.Graph, proto: onnx.GraphProto) -> Iterator[tuple[gs.Graph, onnx.GraphProto]]:
@@ -187,7 +178,7 @@ class InferShapes(Pass):
             return PassResult(changed=inputs_fixed > 0, counters={"inputs_fixed": inputs_fixed, "tensors_updated": 0})
 
         tensors = graph.tensors()
-        annotated = [vi for g in _proto_graphs(inferred.graph) for vi in list(g.value_info) + list(g.output)]
+        annotated = [vi for g in proto_graphs(inferred.graph) for vi in list(g.value_info) + list(g.output)]
         invented = {
             d.dim_param
             for vi in annotated

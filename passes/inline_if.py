@@ -44,7 +44,7 @@ from typing import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_value, iter_subgraphs, producer
+from onnxslim.graph import constant_value, graphs_under, iter_subgraphs, producer
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
@@ -56,16 +56,8 @@ _DEFAULT_DOMAINS = (None, "", "ai.onnx")
 _SCALAR_INPUTS = {"Range": (0, 1, 2)}
 
 
-def _graphs_under(graph: gs.Graph) -> Iterator[gs.Graph]:
-    """``graph`` and every subgraph nested in it, depth first."""
-    yield graph
-    for node in graph.nodes:
-        for sub in iter_subgraphs(node):
-            yield from _graphs_under(sub)
-
-
 def _graphs_except(graph: gs.Graph, skip: gs.Node) -> Iterator[gs.Graph]:
-    """Like :func:`_graphs_under`, without the subgraphs of ``skip``."""
+    """Like :func:`onnxslim.graph.graphs_under`, without the subgraphs of ``skip``."""
     yield graph
     for node in graph.nodes:
         if node is skip:
@@ -77,7 +69,7 @@ def _graphs_except(graph: gs.Graph, skip: gs.Node) -> Iterator[gs.Graph]:
 def _disconnect(graph: gs.Graph) -> None:
     """Detach every node of ``graph`` and its subgraphs from its tensors, so that outer tensors no
     longer list the dropped branch's nodes among their readers."""
-    for g in list(_graphs_under(graph)):
+    for g in list(graphs_under(graph)):
         for node in g.nodes:
             node.inputs.clear()
             node.outputs.clear()
@@ -101,7 +93,7 @@ class _Names:
 
     def __init__(self, graph: gs.Graph):
         self.used: set[str] = set()
-        for g in _graphs_under(graph):
+        for g in graphs_under(graph):
             self.used.update(g.tensors().keys())
             self.used.update(n.name for n in g.nodes if n.name)
 
@@ -213,7 +205,7 @@ class InlineIf(Pass):
             self._names = _Names(self._root)
         for n, i, target in rebind:
             n.inputs[i] = target
-        nested = [g for n in branch.nodes for sub in iter_subgraphs(n) for g in _graphs_under(sub)]
+        nested = [g for n in branch.nodes for sub in iter_subgraphs(n) for g in graphs_under(sub)]
         taken_over = {id(s) for s in sources if id(s) in produced}  # these become the If's outputs
         constants = [s for s in sources if isinstance(s, gs.Constant)]
         self._rename_clashes(branch, node, nested, taken_over, constants)

@@ -61,7 +61,7 @@ from onnxslim.pruning.importance import ActivationStats, fill_fallback, measured
 from onnxslim.pruning.reconstruct import GramCollector, Layer, dense_consumer, refit, write_back
 from onnxslim.pruning.rewrite import Masks, apply_masks
 from onnxslim.pruning.select import CostModel, Selector, ratio_for_macs
-from onnxslim.svd.collect import fitting_batches, fixed_batch, ort_failure
+from onnxslim.svd.collect import fitting_batches, ort_failure
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _requested(opts: dict) -> bool:
 
 def _calibration(graph: gs.Graph, ctx: PassContext, opts: dict, criterion: str):
     from onnxslim.calibration import synthetic
-    from onnxslim.calibration.data import model_inputs
+    from onnxslim.calibration.data import fixed_batch, model_inputs
 
     calibration = ctx.data.get("calibration")
     if calibration is not None:

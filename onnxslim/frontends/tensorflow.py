@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from onnxslim.errors import OnnxSlimError, UsageError
+from onnxslim.errors import OnnxSlimError, UsageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def export(
         proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
     except Exception as exc:  # tf2onnx raises anything
         raise ExportError(f"tf2onnx could not convert {model if converter.endswith('(saved_model)') else type(model).__name__}: "
-                          f"{_first_line(exc)}") from exc
+                          f"{first_line(exc)}") from exc
     error = _check(proto, arrays, expected, tolerance)
     path = Path(path)
     io.save(proto, path)
@@ -133,6 +133,3 @@ def _flatten(outputs: Any) -> list[np.ndarray]:
     return [np.asarray(outputs)]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

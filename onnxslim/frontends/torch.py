@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from onnxslim.errors import OnnxSlimError, UsageError
+from onnxslim.errors import OnnxSlimError, UsageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def export(
                 outputs = module(*_fresh(inputs))
             except Exception as exc:
                 raise UsageError(f"{type(module).__name__}.forward failed on the example inputs: "
-                                 f"{type(exc).__name__}: {_first_line(exc)}") from None
+                                 f"{type(exc).__name__}: {first_line(exc)}") from None
         expected = _flatten(outputs)
         if output_names and len(output_names) > len(expected):
             raise UsageError(f"{len(output_names)} output name(s) for the {len(expected)} output(s) the module returns")
@@ -134,7 +134,7 @@ def export(
                     module.eval()  # an exporter may leave the module in another mode
                     error = _check(staged_file, version, feeds, expected, tolerance)
                 except Exception as exc:  # exporters raise anything; the reason goes into the next attempt's note
-                    attempts.append({"exporter": name, "opset": version, "ok": False, "reason": _first_line(exc)})
+                    attempts.append({"exporter": name, "opset": version, "ok": False, "reason": first_line(exc)})
                     logger.info("torch export with the %s exporter (opset %d) failed: %s", name, version, attempts[-1]["reason"])
                     continue
                 io.commit(tmp, path, sorted(tmp.iterdir()))
@@ -266,6 +266,3 @@ def _flatten(outputs: Any) -> list[np.ndarray]:
     raise ExportError(f"the module returned a {type(outputs).__name__}; only tensors (or tuples/lists/dicts of them) export")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:300] if text else type(exc).__name__)

@@ -26,7 +26,7 @@ import onnxruntime as ort
 from onnxslim.calibration import ActivationCollector, CalibrationSet
 from onnxslim.calibration.data import batch_rows
 from onnxslim.cpu import usable_cores
-from onnxslim.errors import UsageError
+from onnxslim.errors import UsageError, first_line
 from onnxslim.progress import ProgressBar
 from onnxslim.quantization.histogram import TensorStats
 
@@ -168,7 +168,7 @@ LANES = 2  # batches in flight when statistics overlap inference
 
 def ort_message(exc: BaseException) -> str:
     """onnxruntime's error without its ``[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :`` prefix, first line."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, limit=10**6)
     if text.startswith("[ONNXRuntimeError]"):
         text = text.split(" : ", 3)[-1]
     return text[:300]

@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxslim.calibration.data import batch_rows
+from onnxslim.errors import first_line
 from onnxslim.graph import export_model
 from onnxslim.pipeline import PassContext, PassRecord, get_pass
-from onnxslim.calibration.data import batch_rows
 from onnxslim.stats import ModelStats, compute as compute_stats
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class StageRecorder:
             candidate = export_model(graph.copy(), self._original)
             got_names, got = run(candidate, feeds)
         except Exception as exc:  # onnxruntime raises many types; a stage that cannot run is reported, not fatal
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             logger.warning("could not measure the fidelity after this stage: %s", reason)
             return None, reason
         rows = []

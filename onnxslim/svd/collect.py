@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.calibration import ActivationCollector, CalibrationSet
-from onnxslim.calibration.data import batch_rows, fixed_batch  # noqa: F401 (fixed_batch: used by the passes through here)
+from onnxslim.calibration.data import batch_rows
 from onnxslim.errors import UsageError
 from onnxslim.graph import export_model
 from onnxslim.svd.linalg import Moments

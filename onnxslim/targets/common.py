@@ -100,12 +100,6 @@ def _external_locations(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message (its type name when it has none)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0][:limit] if lines else type(exc).__name__
-
-
 def op_types(model: onnx.ModelProto) -> dict[str, int]:
     """op_type -> count over the graph and every subgraph (default-domain ops only keep their name)."""
     counts: dict[str, int] = {}

@@ -34,9 +34,9 @@ import onnx
 import onnx.external_data_helper
 import onnxruntime as ort
 
-from onnxslim.errors import UsageError
+from onnxslim.errors import UsageError, first_line
 from onnxslim.targets import EmitResult
-from onnxslim.targets.common import _external_locations, compare, copy_model, cosine, header, is_quantized, one_line, sample_feeds
+from onnxslim.targets.common import _external_locations, compare, copy_model, cosine, header, is_quantized, sample_feeds
 
 MIN_QDQ_COSINE = 0.999
 _LARGE_MODEL_BYTES = 1_500_000_000  # above this the optimized model keeps its weights in a .data file
@@ -93,7 +93,7 @@ def emit(device: str, model_path: Path, out: Path, options: dict[str, Any], resu
     try:
         names, want = _run(model_path, feeds)
     except Exception as exc:  # onnxruntime raises several unrelated types
-        raise UsageError(f"--target ort: onnxruntime cannot run the model ({one_line(exc, 200)}); the optimized "
+        raise UsageError(f"--target ort: onnxruntime cannot run the model ({first_line(exc, 200)}); the optimized "
                          "model is written, nothing was emitted") from exc
     _check_same("model.onnx runs on ORT CPU and matches the input model", target, names, want, feeds,
                 is_quantized(model), result)
@@ -118,7 +118,7 @@ def _optimize_offline(device: str, source: Path, target: Path, result: EmitResul
     try:
         ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated types
-        first = one_line(exc, 200)
+        first = first_line(exc, 200)
         result.note(f"onnxruntime could not optimize the model offline ({first}); model.onnx is the input model as is")
         for path in copy_model(source, target):
             result.add_file(path)
@@ -173,7 +173,7 @@ def _check_same(name: str, path: Path, names: list[str], want, feeds, quantized:
     try:
         _, got = _run(path, feeds)
     except Exception as exc:  # a broken artifact is a failed check, not a crash
-        result.check(name, "failed", f"does not run: {one_line(exc, 200)}")
+        result.check(name, "failed", f"does not run: {first_line(exc, 200)}")
         return
     if not quantized:
         ok, detail = compare(names, want, got)

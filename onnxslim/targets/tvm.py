@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxslim.errors import UsageError
+from onnxslim.errors import UsageError, first_line
 from onnxslim.targets import EmitResult
 from onnxslim.targets.common import compare, header, input_specs, op_types, sample_feeds
 
@@ -170,8 +170,7 @@ def import_model(model_path: Path):
     try:
         return from_onnx(model, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many types; the first line says what
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--target tvm: TVM's ONNX importer failed: {first}") from exc
+        raise UsageError(f"--target tvm: TVM's ONNX importer failed: {first_line(exc)}") from exc
 
 
 def emit(device: str, model_path: Path, out: Path, options: dict[str, Any], result: EmitResult) -> None:
@@ -248,9 +247,8 @@ class _backend:
     def __exit__(self, kind, exc, tb):
         if exc is None or not isinstance(exc, Exception) or isinstance(exc, (UsageError, OSError)):
             return False
-        from onnxslim.targets.common import one_line
 
-        raise UsageError(f"--target tvm: {self.what} failed: {one_line(exc)}; the optimized model is written, "
+        raise UsageError(f"--target tvm: {self.what} failed: {first_line(exc)}; the optimized model is written, "
                          "nothing was emitted") from exc
 
 
@@ -303,7 +301,7 @@ def _check_against_ort(library: Path, model_path: Path, model, options, result: 
     try:
         got = run_library(library, feeds, [s.name for s in input_specs(model)])
     except Exception as exc:  # a broken library is a failed check
-        result.check(name, "failed", f"does not run: {str(exc).strip().splitlines()[0][:200]}")
+        result.check(name, "failed", f"does not run: {first_line(exc, 200)}")
         return
     ok, detail = compare(names, want, got)
     result.check(name, "passed" if ok else "failed", detail)
