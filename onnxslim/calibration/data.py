@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -151,8 +151,13 @@ def fit_to_model(calibration: "CalibrationSet | None", held: list[Feeds], model:
         have = [count, *first[spec.name].shape[1:]]
         raise UsageError(f"calibration data {calibration.description}: {spec.name!r} has {count} sample(s) {have}, but the model's "
                          f"batch is fixed at {batch} ({[d if d is not None else '?' for d in spec.shape]}): give at least {batch}")
-    regrouped = CalibrationSet("held-out samples", inputs, [lambda s=s: s for s in held]).batches(batch)
-    return [feeds for feeds in regrouped if batch_rows(feeds) == batch]
+    return [feeds for feeds in regroup(held, batch) if batch_rows(feeds) == batch]
+
+
+def regroup(samples: Iterable[Feeds], size: int) -> Iterator[Feeds]:
+    """In-memory feeds (a sample or a batch each) regrouped ``size`` samples at a time, exactly
+    as :meth:`CalibrationSet.batches` regroups stored chunks (cut where the sample shape changes)."""
+    return CalibrationSet("in-memory samples", [], [lambda s=s: s for s in samples]).batches(size)
 
 
 def left_over(calibration: "CalibrationSet | None", model: onnx.ModelProto, input_shapes=None) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.calibration import ActivationCollector, CalibrationSet
-from onnxslim.calibration.data import batch_rows
+from onnxslim.calibration.data import batch_rows, regroup
 from onnxslim.errors import UsageError
 from onnxslim.graph import export_model
 from onnxslim.svd.linalg import Moments
@@ -36,33 +36,11 @@ StatsKey = tuple[str, Layout]
 Feeds = dict[str, np.ndarray]
 
 
-def _regroup(samples: Iterable[Feeds], size: int) -> Iterator[Feeds]:
-    """Samples stacked ``size`` at a time; a batch ends early where the per-sample shape changes
-    (variable-length data cannot be stacked)."""
-    pending: list[Feeds] = []
-    count = 0
-    for sample in samples:
-        if pending and _shapes(sample) != _shapes(pending[0]):
-            yield {k: np.concatenate([s[k] for s in pending], axis=0) for k in pending[0]}
-            pending, count = [], 0
-        pending.append(sample)
-        count += int(next(iter(sample.values())).shape[0]) if sample else 0
-        if count >= size:
-            yield {k: np.concatenate([s[k] for s in pending], axis=0) for k in pending[0]}
-            pending, count = [], 0
-    if pending:
-        yield {k: np.concatenate([s[k] for s in pending], axis=0) for k in pending[0]}
-
-
-def _shapes(feeds: Feeds) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape[1:]) for k, v in feeds.items()}
-
-
 def fitting_batches(source: CalibrationSet | Iterable[Feeds], size: int, exact: bool,
                     who: str = "factorize_svd") -> Iterator[Feeds]:
     """Batches of ``size`` samples; with ``exact`` (fixed-batch models) short batches are dropped
     (as the quantization calibration does: padding would weigh repeated samples twice)."""
-    stream = source.batches(size) if isinstance(source, CalibrationSet) else _regroup(source, size)
+    stream = source.batches(size) if isinstance(source, CalibrationSet) else regroup(source, size)
     for feeds in stream:
         count = batch_rows(feeds)
         if exact and count != size:

@@ -491,9 +491,9 @@ def test_reported_layer_errors_match_measured_ones(case):
 
 
 def test_held_out_samples_of_different_lengths_are_never_stacked():
-    from onnxslim.svd.collect import _regroup
+    from onnxslim.calibration.data import regroup  # what factorize_svd's held-out batches come from
 
     samples = [{"x": np.full((1, 4), i, np.float32)} for i in range(3)] + [{"x": np.full((1, 8), i, np.float32)} for i in range(3)]
-    batches = list(_regroup(samples, 2))
+    batches = list(regroup(samples, 2))
     assert [b["x"].shape for b in batches] == [(2, 4), (1, 4), (2, 8), (1, 8)]
     assert np.concatenate([b["x"][:, 0] for b in batches]).tolist() == [0, 1, 2, 0, 1, 2]  # every sample, in order
