@@ -412,15 +412,17 @@ def detach(node: gs.Node) -> None:
     node.outputs.clear()
 
 
-def sweep(graph: gs.Graph) -> int:
+def sweep(graph: gs.Graph, subgraphs: bool = False) -> int:
     """Remove nodes and initializers that do not contribute to a graph output.
 
     Returns the number of nodes removed. Graph inputs are kept (``eliminate_dead`` decides on
-    those). Nodes inside subgraphs are left alone.
+    those). ``subgraphs``: also sweep If branches and Loop/Scan bodies, innermost first, against
+    their own outputs (a subgraph's inputs stay: they are its node's signature), so that an outer
+    node read only by a dead node inside a subgraph goes too. Else nodes inside subgraphs are left alone.
     """
-    before = len(graph.nodes)
-    graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=False, recurse_functions=False)
-    return before - len(graph.nodes)
+    before = sum(len(g.nodes) for g in graphs_under(graph)) if subgraphs else len(graph.nodes)
+    graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=subgraphs, recurse_functions=False)
+    return before - (sum(len(g.nodes) for g in graphs_under(graph)) if subgraphs else len(graph.nodes))
 
 
 def op_histogram(nodes: Iterable[gs.Node]) -> dict[str, int]:
