@@ -175,7 +175,8 @@ class _Collapser:
         final = static_shape(second.outputs[0])
         if final is None or 0 in final:
             what = "copies dims (0) of the intermediate" if target is not None else "is computed"
-            self._decline(second, f"the second Reshape's shape {what} and the result shape is not static")
+            why = "is not static" if final is None else "has an empty (0) dim that a literal shape would not copy"
+            self._decline(second, f"the second Reshape's shape {what} and the result shape {why}")
             return None
         if self._scope is None:
             self._scope = NameScope(self.graph)
