@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -50,6 +50,7 @@ class Rider:
     tensors: Sequence[str]
     observe: Callable[[str, np.ndarray], None]
     samples: int
+    batch_axes: Mapping[str, int] = field(default_factory=dict)  # where a tensor's samples lie, when not on axis 0
     seen: int = 0  # samples handed over so far
     seconds: float = 0.0  # time spent in ``observe``
 
@@ -59,7 +60,10 @@ class Rider:
             return
         start = time.perf_counter()
         for name in self.tensors:
-            self.observe(name, values[name] if take == rows else values[name][:take])
+            value = values[name]
+            if take < rows:  # the last batch, cut to the samples asked for
+                value = np.take(value, np.arange(take), axis=self.batch_axes.get(name, 0))
+            self.observe(name, value)
         self.seen += take
         self.seconds += time.perf_counter() - start
 

@@ -201,6 +201,11 @@ class MomentObserver:
     def tensors(self) -> list[str]:
         return list(self.by_tensor)
 
+    @property
+    def batch_axes(self) -> dict[str, int]:
+        """Tensors whose samples lie on axis 1: a Gemm(transA=1) input is K x M, its rows are columns."""
+        return {name: 1 for name, accs in self.by_tensor.items() if any(a.layout.transposed for a in accs)}
+
     def observe(self, name: str, value: np.ndarray) -> None:
         for acc in self.by_tensor.get(name, ()):
             acc.update(value, self._rows(acc.layout.width))
