@@ -268,7 +268,8 @@ def _two_sided(stats: TensorStats, method: MethodSpec, lo: float, hi: float) -> 
     if method.name == "percentile":
         edges, counts = stats.signed()
         p = method.percentile / 100.0
-        return min(_quantile(edges, counts, 1.0 - p), 0.0), max(_quantile(edges, counts, p), 0.0)
+        # Interpolating inside the outermost bins can land past the data; never wider than min/max.
+        return max(min(_quantile(edges, counts, 1.0 - p), 0.0), lo), min(max(_quantile(edges, counts, p), 0.0), hi)
     if method.name == "entropy":
         # Each side gets its own KL search, with the share of the 256 levels its span takes.
         top = {}

@@ -102,6 +102,16 @@ def test_percentile_matches_numpy(name, p):
     assert abs(t - np.percentile(np.abs(x), p)) <= 2 * width
 
 
+@pytest.mark.parametrize("name", ["normal", "laplace", "skewed"])
+def test_two_sided_percentile_100_is_the_observed_range(name):
+    """percentile:100 on a two-sided tensor gives exactly [min, max]: the interpolation inside the
+    outermost bins used to reach the bin's far edge ([-1.0, 1.0] for data within +-0.99999)."""
+    x = distributions()[name]
+    x = (x / np.abs(x).max() * 0.9999933).astype(np.float32)
+    lo, hi = select_range(stats_of(x), MethodSpec("percentile", 100.0), symmetric=False)
+    assert (lo, hi) == (float(x.min()), float(x.max()))
+
+
 def reference_kl(counts, i, levels, atoms=None):
     """TensorRT's loop, one candidate at a time (the reference the vectorised version must match).
 
