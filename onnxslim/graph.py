@@ -323,6 +323,11 @@ def graphs_under(graph: gs.Graph) -> Iterator[gs.Graph]:
             yield from graphs_under(sub)
 
 
+def node_count(graph: gs.Graph) -> int:
+    """Nodes of ``graph`` and of every subgraph nested in it."""
+    return sum(len(g.nodes) for g in graphs_under(graph))
+
+
 def has_subgraph(node: gs.Node) -> bool:
     return any(True for _ in iter_subgraphs(node))
 
@@ -420,9 +425,9 @@ def sweep(graph: gs.Graph, subgraphs: bool = False) -> int:
     their own outputs (a subgraph's inputs stay: they are its node's signature), so that an outer
     node read only by a dead node inside a subgraph goes too. Else nodes inside subgraphs are left alone.
     """
-    before = sum(len(g.nodes) for g in graphs_under(graph)) if subgraphs else len(graph.nodes)
+    before = node_count(graph) if subgraphs else len(graph.nodes)
     graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=subgraphs, recurse_functions=False)
-    return before - (sum(len(g.nodes) for g in graphs_under(graph)) if subgraphs else len(graph.nodes))
+    return before - (node_count(graph) if subgraphs else len(graph.nodes))
 
 
 def op_histogram(nodes: Iterable[gs.Node]) -> dict[str, int]:

@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar
 import onnx_graphsurgeon as gs
 
 from onnxslim.errors import OnnxSlimError, PassFailedError, StrictModeError, UnknownPassError, UsageError
-from onnxslim.graph import sweep
+from onnxslim.graph import node_count, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class Pipeline:
 
     @staticmethod
     def _run_one(p: Pass, graph: gs.Graph, ctx: PassContext, round_no: int, after_pass: AfterPassHook | None) -> PassRecord:
-        nodes_before = len(graph.nodes)
+        nodes_before = node_count(graph)
         start = time.perf_counter()
         try:
             result = p.run(graph, ctx)
@@ -328,7 +328,7 @@ class Pipeline:
             changed=bool(result.changed),
             seconds=time.perf_counter() - start,
             nodes_before=nodes_before,
-            nodes_after=len(graph.nodes),
+            nodes_after=node_count(graph),
             counters=dict(result.counters),
             details=list(result.details),
         )

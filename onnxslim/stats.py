@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_nbytes, graphs_under, iter_subgraphs, op_histogram
+from onnxslim.graph import constant_nbytes, graphs_under, iter_subgraphs, node_count, op_histogram
 
 
 @dataclass
@@ -92,8 +92,8 @@ def node_macs(node: gs.Node) -> tuple[int, bool]:
 
 
 def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
-    """Statistics of the main graph: nodes and ops of its own nodes (subgraphs' nodes are not
-    counted there); MACs of its nodes and of its subgraphs (an If: its costlier branch; a Loop or
+    """Statistics of the model: nodes and ops of the main graph and of every If branch and Loop/Scan
+    body in it (each node once, as written); MACs of its nodes and of its subgraphs (an If: its costlier branch; a Loop or
     Scan body: one iteration, and the figure is then marked approximate); parameters and weight
     bytes of every constant, those read only inside a subgraph included, each counted once."""
     macs_by_op: dict[str, int] = {}
@@ -122,8 +122,8 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
     sizes.sort(key=lambda s: (-s[0], s[1]))
     largest = [{"name": n, "shape": s, "dtype": d, "bytes": b} for b, n, s, d in sizes[:top]]
     return ModelStats(
-        nodes=len(graph.nodes),
-        ops=op_histogram(graph.nodes),
+        nodes=node_count(graph),
+        ops=op_histogram(node for g in graphs_under(graph) for node in g.nodes),
         parameters=params,
         constant_bytes=nbytes,
         macs=macs_total,

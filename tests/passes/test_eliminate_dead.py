@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxslim import stats
 from onnxslim.graph import import_model
 from onnxslim.passes.eliminate_dead import EliminateDead
 from onnxslim.pipeline import PassContext
@@ -110,7 +111,12 @@ def test_dead_nodes_inside_if_branches_go_and_so_does_the_outer_node_only_they_r
     model = make_model(nodes, [vi("cond", [], TensorProto.BOOL), vi("x", [2])], [vi("y", [2])])
     out, record = _run(model)
     assert record.counters["nodes_removed"] == 3
+    assert (record.nodes_before, record.nodes_after) == (6, 3)  # the pass table counts subgraph nodes too
     assert op_counts(out) == {"If": 1}
+    before, after = stats.compute(import_model(model)), stats.compute(import_model(out))
+    assert (before.nodes, after.nodes) == (6, 3)
+    assert before.ops == {"Abs": 1, "Exp": 1, "If": 1, "Mul": 1, "Neg": 1, "Relu": 1}
+    assert after.ops == {"Abs": 1, "If": 1, "Relu": 1}
     (if_node,) = out.graph.node
     branches = {a.name: [n.op_type for n in a.g.node] for a in if_node.attribute}
     assert branches == {"then_branch": ["Relu"], "else_branch": ["Abs"]}
