@@ -235,24 +235,17 @@ def offset_gemm_inputs(trans_a: int, seed: int) -> dict[str, np.ndarray]:
     return {"x": np.ascontiguousarray(x.T) if trans_a else x}
 
 
+def _stacked(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 1), (0, 0)])
 def test_gemm_bias_correction_in_every_layout(trans_a, trans_b):
     """Gemm (transB or not): the bias absorbs the mean rounding error; mean output error halves at least."""
     model = offset_gemm(trans_a, trans_b)
-    calib = [offset_gemm_inputs(trans_a, seed=s) for s in range(1, 9)]
-    from onnxslim.calibration import CalibrationSet
-    from onnxslim.calibration.data import model_inputs
-    from onnxslim.pipeline import PassContext
-    from tests.helpers import apply_passes
-
-    def run(**options):
-        ctx = PassContext(target="ort", device="x86", options={"insert_qdq": {"progress": False, **options}})
-        ctx.data["calibration"] = CalibrationSet("arrays", model_inputs(model), [lambda c=c: c for c in calib])
-        out, records = apply_passes(model, "infer_shapes,insert_qdq", ctx)
-        return out, records[-1]
-
-    corrected, rec = run()
-    plain, _ = run(bias_correction=False)
+    calib = _stacked([offset_gemm_inputs(trans_a, seed=s) for s in range(1, 9)])
+    corrected, rec = quantize_on(model, calib)
+    plain, _ = quantize_on(model, calib, bias_correction=False)
     assert rec.counters["biases_corrected"] == 1
     held = offset_gemm_inputs(trans_a, seed=50)
     want = run_ort(model, held)["y"]
@@ -263,21 +256,9 @@ def test_gemm_bias_correction_in_every_layout(trans_a, trans_b):
 def test_gemm_with_negative_beta_gets_no_bias_correction():
     """Gemm with beta != 1 scales its bias: subtracting the shift would add the error; the bias is left alone."""
     model = offset_gemm(0, 1, beta=-1.0)
-    from onnxslim.calibration import CalibrationSet
-    from onnxslim.calibration.data import model_inputs
-    from onnxslim.pipeline import PassContext
-    from tests.helpers import apply_passes
-
-    calib = [offset_gemm_inputs(0, seed=s) for s in range(1, 9)]
-
-    def run(**options):
-        ctx = PassContext(target="ort", device="x86", options={"insert_qdq": {"progress": False, **options}})
-        ctx.data["calibration"] = CalibrationSet("arrays", model_inputs(model), [lambda c=c: c for c in calib])
-        out, records = apply_passes(model, "infer_shapes,insert_qdq", ctx)
-        return out, records[-1]
-
-    default, rec = run()
-    plain, _ = run(bias_correction=False)
+    calib = _stacked([offset_gemm_inputs(0, seed=s) for s in range(1, 9)])
+    default, rec = quantize_on(model, calib)
+    plain, _ = quantize_on(model, calib, bias_correction=False)
     assert rec.counters.get("biases_corrected", 0) == 0
     held = offset_gemm_inputs(0, seed=50)
     np.testing.assert_array_equal(run_ort(default, held)["y"], run_ort(plain, held)["y"])
