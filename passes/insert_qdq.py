@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -203,9 +203,12 @@ def _observation_set(graph: gs.Graph, rules: PlacementRules, excluded, plan: Qua
     """Tensors to calibrate: the plan's, plus (with a budget) those any single-layer plan needs."""
     names = dict.fromkeys(plan.observed)
     if opts.max_error is not None:
+        # The plans find_fallback builds: other layers with weights excluded (elementwise and
+        # data-movement ops stay planned, as in its builds).
         layers = [n for n, kind in plan.layers.items() if kind == "compute"]
         for layer in layers:
-            sub = make_plan(graph, rules, lambda n, keep=layer: excluded(n) or (n.name in plan.layers and n.name != keep))
+            others = frozenset(layers) - {layer}
+            sub = make_plan(graph, rules, lambda n, others=others: excluded(n) or n.name in others)
             names.update(dict.fromkeys(sub.observed))
     return list(names)
 
@@ -358,10 +361,15 @@ class _RangeBook:
             name = self.derived[name]
         return self.stats.get(name)
 
-    def group_range(self, members: list[str]):
-        key = tuple(sorted(members))
+    def group_range(self, members: list[str], derived: Mapping[str, str] | None = None):
+        """The range of a group, pooled over the members that the plan at hand observes (``derived``:
+        its derived tensors, default the full plan's): statistics gathered for another plan (a
+        --quant-max-error single-layer plan) never widen or reshape this plan's histograms."""
+        derived = self.derived if derived is None else derived
+        own = tuple(sorted(m for m in members if m not in derived and m in self.stats))
+        key = (tuple(sorted(members)), own)
         if key not in self._cache:
-            observed = [m for m in members if m in self.stats] or members
+            observed = list(own) or members
             pooled = merged({m: self._source_stats(m) for m in observed if self._source_stats(m) is not None}, observed)
             method = next((self._method(m) for m in members if self._method(m) is not self.opts.method), self.opts.method)
             if pooled is None or pooled.empty:
@@ -378,7 +386,7 @@ class _RangeBook:
     def params(self, plan: QuantPlan) -> dict[int, QParams]:
         out: dict[int, QParams] = {}
         for gid, members in plan.groups().items():
-            rng, _, _ = self.group_range(members)
+            rng, _, _ = self.group_range(members, plan.derived)
             if rng is None:
                 for m in members:  # nothing observed: leave these tensors in float
                     plan.tensors.pop(m, None)
@@ -392,7 +400,7 @@ class _RangeBook:
     def rows(self, plan: QuantPlan, params: dict[int, QParams]) -> list[dict]:
         rows = []
         for gid, members in sorted(plan.groups().items()):
-            rng, method, pooled = self.group_range(members)
+            rng, method, pooled = self.group_range(members, plan.derived)
             if rng is None or gid not in params:
                 continue
             p = params[gid]

@@ -145,6 +145,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
                     # model cannot take it, and padding it with repeated samples would weigh them
                     # twice in the statistics.
                     left_out += batch_rows(feeds)
+                    first += batch_rows(feeds)  # later samples keep their numbers in error messages
                     order.skip(index)
                     continue
                 if len(in_flight) == lanes:  # memory stays at ``lanes`` batches of activations
