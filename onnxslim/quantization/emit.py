@@ -210,10 +210,12 @@ class Emitter:
         return out
 
     def _fold_source(self, tensor: gs.Tensor, params: QParams) -> gs.Tensor:
-        """The tensor the Q reads: past ReLU/Clip nodes it makes redundant (their outputs lose every reader)."""
+        """The tensor the Q reads: past ReLU/Clip nodes it makes redundant (their outputs lose every
+        reader), short of one the user excluded (--exclude keeps it, in float)."""
         if not self.fold:
             return tensor
-        while tensor.inputs and not is_graph_output(self.graph, tensor) and self._redundant(tensor.inputs[0], params):
+        while (tensor.inputs and not is_graph_output(self.graph, tensor) and tensor.inputs[0].name not in self.plan.kept_activations
+               and self._redundant(tensor.inputs[0], params)):
             tensor = tensor.inputs[0].inputs[0]
             self.counters["activations_folded"] += 1
         return tensor

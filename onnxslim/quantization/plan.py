@@ -47,6 +47,7 @@ class QuantPlan:
     biases: list[tuple[str, int, int]] = field(default_factory=list)  # (node, bias slot, weight slot)
     derived: dict[str, str] = field(default_factory=dict)  # tensor -> tensor whose values it holds a subset of
     skipped: list[dict[str, str]] = field(default_factory=list)  # layers left in float, and why
+    kept_activations: set[str] = field(default_factory=set)  # excluded ReLU/Clip nodes: never folded into a Q
 
     def groups(self) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
@@ -169,6 +170,7 @@ class Planner:
     def build(self) -> QuantPlan:
         uf = _UnionFind()
         nodes = [n for n in self.graph.nodes if (not n.domain or n.domain == "ai.onnx")]
+        self.plan.kept_activations = {n.name for n in nodes if n.op in FOLDABLE_ACTIVATIONS and self.excluded(n)}
         forced_outputs: list[gs.Tensor] = []
         for node in reversed(nodes):
             kind, slots = self._decide(node)

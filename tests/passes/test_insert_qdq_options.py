@@ -19,7 +19,7 @@ from onnxslim.quantization.rounding import round_weight
 from onnxslim.stages.quantize import QuantizeStage
 from onnxslim.verify import fidelity
 from tests.helpers import apply_passes, init, make_model, op_counts, run_ort, vi
-from tests.passes.test_insert_qdq import quantize, resnet_block
+from tests.passes.test_insert_qdq import quantize, resnet_block, sqnr_db
 
 
 def tensor_rows(record) -> dict[str, dict]:
@@ -270,3 +270,26 @@ def test_calib_size_without_calib_data(tmp_path):
     assert warned.exit_code == 0 and "--calib-size has no effect without --calib-data" in warned.output
     refused = invoke([path, "--quantize", "int8", "--calib-size", "0"])
     assert refused.exit_code == 2 and "--calib-size must be positive" in refused.output
+
+
+def test_an_excluded_relu_stays_in_the_graph_in_float():
+    """--exclude relu1 between two quantized Convs: the Relu stays, in float, between the conv
+    output's Q/DQ and its own (it was folded away anyway, leaving Q -> DQ -> Q on the conv output);
+    without the exclusion it is folded into the Q. Outputs within 30 dB SQNR of FP32 either way."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"), helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2")]
+    model = make_model(nodes, [vi("x", [1, 4, 8, 8])], [vi("y", [1, 4, 8, 8])],
+                       [init("w1", rng.standard_normal((8, 4, 1, 1)).astype(np.float32)),
+                        init("w2", rng.standard_normal((4, 8, 1, 1)).astype(np.float32))])
+    folded, rec = quantize(model)
+    assert "Relu" not in op_counts(folded) and rec.counters["activations_folded"] == 1
+    kept, rec = quantize(model, exclude=("relu1",))
+    relu = next(n for n in kept.graph.node if n.op_type == "Relu")
+    producers = {o: n for n in kept.graph.node for o in n.output}
+    readers = [n for n in kept.graph.node if relu.output[0] in n.input]
+    assert producers[relu.input[0]].op_type == "DequantizeLinear"
+    assert [n.op_type for n in readers] == ["QuantizeLinear"] and rec.counters["activations_folded"] == 0
+    assert op_counts(kept)["QuantizeLinear"] == 3  # x, c1, r1: no Q reads a DQ
+    for out in (folded, kept):
+        assert sqnr_db(model, out) > 30.0
