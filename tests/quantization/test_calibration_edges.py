@@ -418,3 +418,18 @@ def test_tensorrt_alone_score_is_that_of_the_layer_quantized_alone():
     alone = next(r for r in rec.details if r["detail"] == "sensitivity" and r["layer"] == "convB")
     only_b, _ = quantize(model, target="tensorrt", device="cuda", exclude=("convA",))
     assert alone["alone_sqnr_db"] == round(FidelityProbe(model, held).score(only_b).sqnr_db, 2)
+
+
+def test_an_initializer_whose_bytes_live_in_a_file_is_left_to_onnxruntime():
+    """A weight whose data is external (not loaded) is kept as it is, not decoded from its empty
+    raw bytes; a loaded one of the same size is handed over as an array of its values."""
+    from onnxslim.calibration.collect import _weight_array
+
+    values = np.arange(1024, dtype=np.float32).reshape(32, 32)
+    loaded = onnx.numpy_helper.from_array(values, "w")
+    assert np.array_equal(_weight_array(loaded, {}), values)
+    external = onnx.numpy_helper.from_array(values, "w")
+    onnx.external_data_helper.set_external_data(external, location="w.data", offset=0, length=values.nbytes)
+    external.ClearField("raw_data")
+    external.data_location = onnx.TensorProto.EXTERNAL
+    assert _weight_array(external, {}) is None
