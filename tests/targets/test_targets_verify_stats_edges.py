@@ -564,6 +564,23 @@ def test_tvm_option_checks(tmp_path):
     assert validate("tvm", "cuda", {"cuda_arch": "sm_90a"})["cuda_arch"] == "sm_90a"
 
 
+@pytest.mark.slow  # imports TVM (~10 s)
+@pytest.mark.skipif(importlib.util.find_spec("tvm") is None, reason="apache-tvm not installed (extra [tvm])")
+def test_tvm_target_carries_the_cpu_triple_and_cores():
+    """--tvm-mcpu reaches the LLVM target; arm gets the aarch64 triple and NEON; tuning adds the core count."""
+    from onnxslim.targets.tvm import target_for
+
+    x86 = target_for("x86", {"mcpu": "znver3"})
+    assert str(x86.attrs["mcpu"]) == "znver3" and "mtriple" not in x86.attrs
+    arm = target_for("arm", {"mcpu": "cortex-a76"})
+    assert str(arm.attrs["mtriple"]) == "aarch64-linux-gnu" and str(arm.attrs["mcpu"]) == "cortex-a76"
+    assert "+neon" in [str(a) for a in arm.attrs["mattr"]]
+    assert "mcpu" not in target_for("x86", {}).attrs
+    assert int(target_for("x86", {"tune_trials": 8}).attrs["num-cores"]) >= 1
+    cuda = target_for("cuda", {"cuda_arch": "sm_90"})
+    assert str(cuda.kind.name) == "cuda" and str(cuda.attrs["arch"]) == "sm_90"
+
+
 def test_tuning_db_best_latencies(tmp_path):
     """best_latencies_us: per workload, the best mean latency in microseconds; failed runs (1e10) are left out."""
     from onnxslim.targets.tvm_tune import best_latencies_us, records
