@@ -12,7 +12,10 @@ Split), while the legacy TorchScript exporter (``dynamo=False``) handles opset 1
 ``exporter="auto"``, :func:`export` tries the dynamo exporter at opset 18 first and falls back
 to the legacy one at opset 17; an attempt counts only when the file passes the ONNX checker,
 declares the opset asked for, and its onnxruntime outputs match torch's on the example inputs
-(``max|ort - torch| <= tolerance * max(1, max|torch|)``). The file is written atomically.
+(``max|ort - torch| <= tolerance * max(1, max|torch|)``), and again with every dynamic input axis
+of up to 64 at twice its example size, where torch itself takes those inputs (an exporter that
+wrote an example size into the graph passes on the example and fails there: the legacy
+exporter does so for ``nn.TransformerEncoder``'s sequence axis). The file is written atomically.
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ def export(
         expected = _flatten(outputs)
         if output_names and len(output_names) > len(expected):
             raise UsageError(f"{len(output_names)} output name(s) for the {len(expected)} output(s) the module returns")
+        second = _second_sizes(torch, module, inputs, input_names, dynamic_axes)
         if external_data is None:
             external_data = sum(t.numel() * t.element_size()
                                 for t in (*module.parameters(), *module.buffers())) > _EXTERNAL_DATA_BYTES
@@ -133,6 +137,12 @@ def export(
                                   dynamic_axes, external_data)
                     module.eval()  # an exporter may leave the module in another mode
                     error = _check(staged_file, version, feeds, expected, tolerance)
+                    if second is not None:
+                        what, second_feeds, second_expected = second
+                        try:
+                            error = max(error, _check(staged_file, version, second_feeds, second_expected, tolerance))
+                        except Exception as exc:
+                            raise ExportError(f"with {what}: {first_line(exc)} (a dynamic axis the export fixed?)") from None
                 except Exception as exc:  # exporters raise anything; the reason goes into the next attempt's note
                     attempts.append({"exporter": name, "opset": version, "ok": False, "reason": first_line(exc)})
                     logger.info("torch export with the %s exporter (opset %d) failed: %s", name, version, attempts[-1]["reason"])
@@ -161,6 +171,45 @@ def _example_inputs(torch, example_inputs: Any) -> tuple:
         if t.dtype in (torch.bfloat16,) or t.is_complex() or t.dtype.is_floating_point and t.dtype.itemsize == 1:
             raise UsageError(f"example input {i} has dtype {t.dtype}, which onnxruntime cannot be fed from NumPy")
     return tuple(t.detach().clone() for t in inputs)
+
+
+SECOND_SIZE_LIMIT = 64  # dynamic axes up to this size are checked again at twice it
+
+
+def _second_sizes(torch, module, inputs: tuple, input_names, dynamic_axes) -> tuple[str, list[np.ndarray], list[np.ndarray]] | None:
+    """The example inputs with every dynamic input axis of size <= SECOND_SIZE_LIMIT doubled (each
+    input repeated along it; axes sharing a name change together), and torch's outputs on them:
+    an export that baked an example size into the graph (a traced ``x.size(0)``) passes on the
+    example and fails here. None when no axis qualifies or the module itself cannot take them."""
+    if not dynamic_axes or not input_names:
+        return None
+    doubled: dict[str, int] = {}  # dim name -> example size
+    plan: list[list[int]] = []
+    for name, t in zip(input_names, inputs):
+        axes = dynamic_axes.get(name) or {}
+        named = axes.items() if isinstance(axes, Mapping) else ((a, f"{name}_dim{a}") for a in axes)
+        chosen = []
+        for axis, dim in named:
+            size = int(t.shape[axis])
+            if 0 < size <= SECOND_SIZE_LIMIT and doubled.setdefault(str(dim), size) == size:
+                chosen.append(axis)
+        plan.append(chosen)
+    if not any(plan):
+        return None
+    varied = list(inputs)
+    for i, axes in enumerate(plan):
+        for axis in axes:
+            varied[i] = torch.cat([varied[i], varied[i]], dim=axis)
+    varied = tuple(varied)
+    try:
+        with torch.no_grad():
+            expected = _flatten(module(*_fresh(varied)))
+    except Exception as exc:  # the module itself cannot take them: nothing to check the export against
+        logger.info("torch export: the dynamic axes are checked at the example sizes only (forward fails at twice "
+                    "them: %s)", first_line(exc))
+        return None
+    shapes = ", ".join(f"{n} {list(t.shape)}" for n, t, axes in zip(input_names, varied, plan) if axes)
+    return f"the dynamic axes at twice the example size ({shapes})", [t.cpu().numpy().copy() for t in varied], expected
 
 
 def _fresh(inputs: tuple) -> tuple:

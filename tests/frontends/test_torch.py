@@ -115,3 +115,77 @@ def test_dynamo_at_opset_17_is_refused_as_torch_writes_18(net, tmp_path):
     module, x = net
     with pytest.raises(frontend.ExportError, match="dynamo \\(opset 17\\)"):
         frontend.export(module, (x,), tmp_path / "m.onnx", exporter="dynamo", opset=17)
+
+
+class BakedBatch(torch.nn.Module):
+    """Reads the batch size as a Python int: the legacy exporter writes it into the graph as a constant."""
+
+    def forward(self, x):
+        return (x * 2).reshape(int(x.shape[0]), -1)
+
+
+def test_a_dynamic_axis_the_export_fixed_is_caught_at_twice_the_example_size(tmp_path):
+    """dynamic_axes batch on a module that bakes the batch in: the export matches torch at batch 2 but
+    not at batch 4, so the attempt fails, says so, and writes nothing."""
+    path = tmp_path / "baked.onnx"
+    with pytest.raises(frontend.ExportError, match=r"with the dynamic axes at twice the example size \(x \[4, 3\]\).*"
+                                                    r"dynamic axis the export fixed"):
+        frontend.export(BakedBatch(), torch.randn(2, 3), path, input_names=["x"], output_names=["y"],
+                        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, exporter="legacy")
+    assert not path.exists()
+
+
+def test_dynamic_axes_are_checked_at_a_second_size(net, tmp_path, monkeypatch):
+    """A model that really takes any batch: checked at the example batch 2 and at 4, both within
+    tolerance; the file runs at batch 6 too."""
+    module, x = net
+    seen = []
+    real = frontend._check
+
+    def spy(file, opset, inputs, expected, tolerance):
+        seen.append([a.shape for a in inputs])
+        return real(file, opset, inputs, expected, tolerance)
+
+    monkeypatch.setattr(frontend, "_check", spy)
+    result = frontend.export(module, x, tmp_path / "net.onnx", input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+                             exporter="legacy")
+    assert seen == [[(2, 3, 16, 16)], [(4, 3, 16, 16)]]
+    assert result.max_abs_error < 1e-4
+    got = run_ort(onnx.load(str(tmp_path / "net.onnx")), {"x": np.tile(x.numpy(), (3, 1, 1, 1))})
+    assert next(iter(got.values())).shape[0] == 6
+
+
+class OnlyBatchTwo(torch.nn.Module):
+    def forward(self, x):
+        if x.shape[0] != 2:
+            raise ValueError("batch must be 2")
+        return x + 1
+
+
+def test_a_module_that_cannot_take_the_second_size_is_checked_at_the_example_only(tmp_path, monkeypatch):
+    """When torch itself fails at twice the example size there is nothing to compare with: the export
+    is checked at the example size only and succeeds."""
+    calls = []
+    real = frontend._check
+    monkeypatch.setattr(frontend, "_check", lambda *a: calls.append(1) or real(*a))
+    result = frontend.export(OnlyBatchTwo(), torch.randn(2, 3), tmp_path / "two.onnx", input_names=["x"],
+                             dynamic_axes={"x": {0: "batch"}}, exporter="legacy")
+    assert result.exporter == "legacy" and len(calls) == 1
+
+
+def test_legacy_export_of_a_transformer_encoder_fixes_its_sequence_axis_and_is_refused(tmp_path):
+    """torch 2.13's legacy exporter writes nn.TransformerEncoder's example sequence length into its
+    Reshapes: the file matches torch at (2, 10) and fails at (4, 20); refused. The dynamo exporter
+    (auto) keeps the axes dynamic and passes both sizes."""
+    torch.manual_seed(0)
+    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 1).eval()
+    axes = {"x": {0: "b", 1: "s"}, "y": {0: "b", 1: "s"}}
+    args = dict(input_names=["x"], output_names=["y"], dynamic_axes=axes)
+    with pytest.raises(frontend.ExportError, match=r"legacy \(opset 17\): with the dynamic axes at twice the example "
+                                                    r"size \(x \[4, 20, 32\]\)"):
+        frontend.export(enc, torch.randn(2, 10, 32), tmp_path / "legacy.onnx", exporter="legacy", **args)
+    result = frontend.export(enc, torch.randn(2, 10, 32), tmp_path / "auto.onnx", **args)
+    assert result.exporter == "dynamo" and result.max_abs_error < 1e-4
+    x = np.random.default_rng(0).standard_normal((3, 7, 32)).astype(np.float32)
+    want = enc(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(run_ort(onnx.load(str(tmp_path / "auto.onnx")), {"x": x})["y"], want, atol=1e-4)
