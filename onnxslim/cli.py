@@ -47,12 +47,7 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except VerificationFailedError as exc:
-            report = getattr(exc, "report", None)
-            if report is not None and kwargs.get("report_path"):
-                report.write_json(kwargs["report_path"])
-            _fail(str(exc), exc.exit_code)
-        except OnnxSlimError as exc:
+        except OnnxSlimError as exc:  # a failed verification's report is written by _run_and_finish
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt as exc:  # raised with a message where some output was already written
             _fail(f"interrupted; {exc.args[0] if exc.args else 'no output written'}", EXIT_INTERRUPTED)
