@@ -32,8 +32,7 @@ def check_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -
     try:
         onnx.checker.check_model(io.skeleton(model))
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-        raise InputModelError(f"invalid ONNX model: {first[:300]}") from exc
+        raise InputModelError(f"invalid ONNX model: {first_line(exc) if str(exc).strip() else 'invalid model'}") from exc
     except (RuntimeError, ValueError) as exc:  # e.g. an opset newer than the installed onnx
         raise InputModelError(f"invalid ONNX model: {first_line(exc)}") from exc
 

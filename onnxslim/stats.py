@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_nbytes, graphs_under, iter_subgraphs, node_count, op_histogram
+from onnxslim.graph import constant_nbytes, graphs_under, iter_subgraphs, op_histogram
 
 
 @dataclass
@@ -102,7 +102,8 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
     sizes = []
     seen: set[int] = set()
     constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
-    for g in graphs_under(graph):  # weights read only inside an If/Loop body are the model's too
+    graphs = list(graphs_under(graph))
+    for g in graphs:  # weights read only inside an If/Loop body are the model's too
         if g is not graph:
             constants.extend(t for t in g.tensors().values() if isinstance(t, gs.Constant))
         for node in g.nodes:  # Constant nodes hold parameters too
@@ -122,8 +123,8 @@ def compute(graph: gs.Graph, top: int = 5) -> ModelStats:
     sizes.sort(key=lambda s: (-s[0], s[1]))
     largest = [{"name": n, "shape": s, "dtype": d, "bytes": b} for b, n, s, d in sizes[:top]]
     return ModelStats(
-        nodes=node_count(graph),
-        ops=op_histogram(node for g in graphs_under(graph) for node in g.nodes),
+        nodes=sum(len(g.nodes) for g in graphs),
+        ops=op_histogram(node for g in graphs for node in g.nodes),
         parameters=params,
         constant_bytes=nbytes,
         macs=macs_total,

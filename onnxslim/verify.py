@@ -175,8 +175,7 @@ def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict[st
             with data:
                 feeds = {k: data[k] for k in data.files}
     except Exception as exc:  # a damaged file raises many types (BadZipFile, EOFError, zlib.error, ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path}: cannot read inputs: {reason}") from None
+        raise UsageError(f"{path}: cannot read inputs: {first_line(exc, limit=10**6)}") from None
     expected = {i.name for i in _graph_inputs(model)}
     missing, extra = expected - set(feeds), set(feeds) - expected
     if missing or extra:

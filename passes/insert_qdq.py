@@ -47,7 +47,7 @@ from onnxslim.quantization.options import QuantOptions, compile_pattern
 from onnxslim.quantization.plan import QuantPlan, exclusion_matcher, make_plan, unmatched_exclusions
 from onnxslim.quantization.rounding import WeightRounder
 from onnxslim.quantization.rules import FOLDABLE_ACTIVATIONS, PlacementRules, rules_for
-from onnxslim.quantization.sensitivity import FidelityProbe, find_fallback
+from onnxslim.quantization.sensitivity import FidelityProbe, find_fallback, single_layer_exclusions
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class InsertQdq(Pass):
         ranges_start = time.perf_counter()
         ranges = _RangeBook(stats, plan, rules, opts, aliases)
         for members in plan.groups().values():
-            ranges.group_range(members)  # the method's range search is part of calibration (results are cached)
+            ranges.group_range(members, plan.derived)  # the method's range search is part of calibration (results are cached)
         calib_seconds = time.perf_counter() - start
         range_seconds = time.perf_counter() - ranges_start
         probe = FidelityProbe(reference, _holdout(ctx, reference)) if opts.max_error is not None else None
@@ -202,12 +202,8 @@ def _raise_opset_for_per_channel(graph: gs.Graph, rules: PlacementRules) -> bool
 def _observation_set(graph: gs.Graph, rules: PlacementRules, excluded, plan: QuantPlan, opts: QuantOptions) -> list[str]:
     """Tensors to calibrate: the plan's, plus (with a budget) those any single-layer plan needs."""
     names = dict.fromkeys(plan.observed)
-    if opts.max_error is not None:
-        # The plans find_fallback builds: other layers with weights excluded (elementwise and
-        # data-movement ops stay planned, as in its builds).
-        layers = [n for n, kind in plan.layers.items() if kind == "compute"]
-        for layer in layers:
-            others = frozenset(layers) - {layer}
+    if opts.max_error is not None:  # the single-layer plans find_fallback will build
+        for _, others in single_layer_exclusions(plan.layers):
             sub = make_plan(graph, rules, lambda n, others=others: excluded(n) or n.name in others)
             names.update(dict.fromkeys(sub.observed))
     return list(names)
@@ -361,11 +357,10 @@ class _RangeBook:
             name = self.derived[name]
         return self.stats.get(name)
 
-    def group_range(self, members: list[str], derived: Mapping[str, str] | None = None):
+    def group_range(self, members: list[str], derived: Mapping[str, str]):
         """The range of a group, pooled over the members that the plan at hand observes (``derived``:
-        its derived tensors, default the full plan's): statistics gathered for another plan (a
-        --quant-max-error single-layer plan) never widen or reshape this plan's histograms."""
-        derived = self.derived if derived is None else derived
+        that plan's derived tensors): statistics gathered for another plan (a --quant-max-error
+        single-layer plan) never widen or reshape this plan's histograms."""
         own = tuple(sorted(m for m in members if m not in derived and m in self.stats))
         key = (tuple(sorted(members)), own)
         if key not in self._cache:

@@ -64,18 +64,22 @@ class FallbackResult:
     met: bool
 
 
+def single_layer_exclusions(layers: dict[str, str]) -> list[tuple[str, frozenset[str]]]:
+    """Each candidate layer with the layers to exclude to measure it quantized alone. Only layers
+    with weights: an elementwise or data-movement op alone between float layers is not quantized
+    at all (nothing int8 reads it), so measuring it "alone" would measure the float model."""
+    candidates = [name for name, kind in layers.items() if kind == "compute"]
+    return [(name, frozenset(candidates) - {name}) for name in candidates]
+
+
 def find_fallback(build: Builder, layers: dict[str, str], probe: FidelityProbe, budget: ErrorBudget) -> FallbackResult:
     """The fewest most-sensitive layers to leave in float so that ``budget`` holds."""
     full = probe.score(build(frozenset()))
     if full.meets(budget):
         return FallbackResult([], [], full, full, True)
-    # Only layers with weights: an elementwise or data-movement op alone between float layers is
-    # not quantized at all (nothing int8 reads it), so measuring it "alone" measures the float model.
-    candidates = [name for name, kind in layers.items() if kind == "compute"]
-    scores: dict[str, Score] = {}
-    for name in candidates:
-        others = frozenset(n for n in candidates if n != name)
-        scores[name] = probe.score(build(others))
+    alone = single_layer_exclusions(layers)
+    candidates = [name for name, _ in alone]
+    scores = {name: probe.score(build(others)) for name, others in alone}
     ranked = sorted(candidates, key=lambda n: (scores[n].sqnr_db, scores[n].cosine, n))
     cache: dict[int, Score] = {0: full}
 
