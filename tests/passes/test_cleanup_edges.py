@@ -28,6 +28,14 @@ def _notes(ctx: PassContext, pass_name: str) -> list[str]:
     return [note["reason"] for note in ctx.notes if note["pass"] == pass_name]
 
 
+def _declined(model: onnx.ModelProto, pipeline: str, ops: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
+    """Run ``pipeline``: its last pass changes nothing and the ops stay ``ops``; the model and that pass's notes."""
+    ctx = PassContext()
+    out, records = apply_passes(model, pipeline, ctx)
+    assert not records[-1].changed and op_counts(out) == ops
+    return out, _notes(ctx, records[-1].name)
+
+
 def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
@@ -257,10 +265,8 @@ def test_training_batch_norm_is_not_folded(opset, outputs, attrs, reason):
     """A BN normalizing with batch statistics (training_mode=1, or running-stat outputs before
     opset 14) is not an affine map of constants: it stays, declined with its reason."""
     model = _conv_bn(opset, outputs, **attrs)
-    ctx = PassContext()
-    out, records = apply_passes(model, "infer_shapes,fuse_conv_bn", ctx)
-    assert not records[-1].changed and op_counts(out) == {"Conv": 1, "BatchNormalization": 1}
-    assert _notes(ctx, "fuse_conv_bn") == [f"{reason}"]
+    out, notes = _declined(model, "infer_shapes,fuse_conv_bn", {"Conv": 1, "BatchNormalization": 1})
+    assert notes == [f"{reason}"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,10 +281,8 @@ def test_matmul_mul_with_unknown_rank_accepts_only_vectors():
              helper.make_node("Mul", ["m", "k"], ["y"], name="mul")]
     inits = [init("w", rng.standard_normal((5, 4)).astype(np.float32)), init("k", rng.standard_normal((1, 4)).astype(np.float32))]
     model = make_model(nodes, [vi("x", [5])], [vi("y", [1, 4])], inits)
-    ctx = PassContext()
-    out, records = apply_passes(model, "fuse_conv_affine", ctx)
-    assert not records[0].changed and op_counts(out) == {"Relu": 1, "MatMul": 1, "Mul": 1}
-    assert _notes(ctx, "fuse_conv_affine") == ["MatMul -> Mul: constant of shape [1, 4] is not per output column (output rank 1)"]
+    out, notes = _declined(model, "fuse_conv_affine", {"Relu": 1, "MatMul": 1, "Mul": 1})
+    assert notes == ["MatMul -> Mul: constant of shape [1, 4] is not per output column (output rank 1)"]
     assert_equivalent(model, out)
 
 
@@ -288,10 +292,8 @@ def test_conv_mul_by_higher_rank_constant_is_kept():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Mul", ["c", "k"], ["y"], name="mul")]
     inits = [init("w", rng.standard_normal((2, 2, 3, 3)).astype(np.float32)), init("k", np.array([2.0, -3.0], np.float32).reshape(1, 2, 1, 1, 1))]
     model = make_model(nodes, [vi("x", [1, 2, 5, 5])], [vi("y", [1, 2, 2, 3, 3])], inits)
-    ctx = PassContext()
-    out, records = apply_passes(model, "infer_shapes,fuse_conv_affine", ctx)
-    assert not records[-1].changed and op_counts(out) == {"Conv": 1, "Mul": 1}
-    assert _notes(ctx, "fuse_conv_affine") == ["Conv -> Mul: constant of shape [1, 2, 1, 1, 1] is not per output channel"]
+    out, notes = _declined(model, "infer_shapes,fuse_conv_affine", {"Conv": 1, "Mul": 1})
+    assert notes == ["Conv -> Mul: constant of shape [1, 2, 1, 1, 1] is not per output channel"]
     assert_equivalent(model, out)
 
 
@@ -317,10 +319,8 @@ def test_fuse_pad_keeps_pad_of_the_channel_end():
     nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]), helper.make_node("Conv", ["p", "w"], ["y"], kernel_shape=[3, 3])]
     inits = [init("pads", np.array([0, 0, 0, 0, 0, 1, 0, 0], np.int64)), init("w", rng.standard_normal((2, 3, 3, 3)).astype(np.float32))]
     model = make_model(nodes, [vi("x", [1, 2, 5, 5])], [vi("y", [1, 2, 3, 3])], inits)
-    ctx = PassContext()
-    out, records = apply_passes(model, "infer_shapes,fuse_pad", ctx)
-    assert not records[-1].changed and op_counts(out) == {"Pad": 1, "Conv": 1}
-    assert _notes(ctx, "fuse_pad") == ["Pad -> Conv: batch or channel dimension padded"]
+    out, notes = _declined(model, "infer_shapes,fuse_pad", {"Pad": 1, "Conv": 1})
+    assert notes == ["Pad -> Conv: batch or channel dimension padded"]
     assert_equivalent(model, out)
 
 
@@ -486,10 +486,8 @@ def test_stem_with_per_input_channel_weight_scale_is_declined():
     model = stem_model(channels=3, out_ch=3)
     dq_w = next(n for n in model.graph.node if n.output[0] == "w")
     next(a for a in dq_w.attribute if a.name == "axis").i = 1
-    ctx = PassContext()
-    out, records = apply_passes(model, "space_to_depth_stem", ctx)
-    assert not records[0].changed and op_counts(out) == op_counts(model)
-    assert _notes(ctx, "space_to_depth_stem") == ["weight scale is neither per-tensor nor per-output-channel"]
+    out, notes = _declined(model, "space_to_depth_stem", op_counts(model))
+    assert notes == ["weight scale is neither per-tensor nor per-output-channel"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,10 +535,8 @@ def test_reshape_copying_dims_of_an_empty_intermediate_is_not_merged():
              helper.make_node("Identity", ["r"], ["y"])]
     inits = [init("ax", np.array([0], np.int64)), init("s", np.array([0, 0, 0], np.int64))]
     model = make_model(nodes, [vi("x", [3, 0])], [vi("y", [1, 3, 0])], inits)
-    ctx = PassContext()
-    out, records = apply_passes(model, "infer_shapes,collapse_reshapes", ctx)
-    assert not records[-1].changed and op_counts(out) == {"Unsqueeze": 1, "Reshape": 1, "Identity": 1}
-    assert _notes(ctx, "collapse_reshapes") == [
+    out, notes = _declined(model, "infer_shapes,collapse_reshapes", {"Unsqueeze": 1, "Reshape": 1, "Identity": 1})
+    assert notes == [
         "the second Reshape's shape copies dims (0) of the intermediate and the result shape "
         "has an empty (0) dim that a literal shape would not copy"]
     assert_equivalent(model, out)

@@ -365,22 +365,11 @@ def test_fixed_batch_is_none_when_inputs_fix_different_batches():
 
 
 def test_fixed_point_goes_on_while_any_pass_in_the_group_changed(monkeypatch):
-    """[changes_3_times, never_changes]: the group repeats until a round where no pass changed (4 rounds)."""
+    """[count_down (changes three times), never]: the group repeats until a round where no pass changed (4 rounds)."""
     import onnx_graphsurgeon as gs
 
     from onnxslim import pipeline as pl
-
-    class ChangesThreeTimes(pl.Pass):
-        """Reports a change three times."""
-
-        name = "changes_3"
-
-        def __init__(self):
-            self.left = 3
-
-        def run(self, graph, ctx):
-            self.left -= 1
-            return pl.PassResult(self.left >= 0)
+    from tests.test_pipeline import _CountDown
 
     class NeverChanges(pl.Pass):
         """Never reports a change."""
@@ -390,9 +379,9 @@ def test_fixed_point_goes_on_while_any_pass_in_the_group_changed(monkeypatch):
         def run(self, graph, ctx):
             return pl.PassResult(False)
 
-    monkeypatch.setattr(pl, "registry", lambda: {"changes_3": ChangesThreeTimes, "never": NeverChanges})
+    monkeypatch.setattr(pl, "registry", lambda: {"count_down": _CountDown, "never": NeverChanges})
     x, y = gs.Variable("x", dtype=np.float32, shape=[1]), gs.Variable("y", dtype=np.float32, shape=[1])
     graph = gs.Graph(nodes=[gs.Node("Relu", inputs=[x], outputs=[y])], inputs=[x], outputs=[y])
-    records = pl.Pipeline("[changes_3,never]*10").run(graph, pl.PassContext())
+    records = pl.Pipeline("[count_down,never]*10").run(graph, pl.PassContext())
     assert [(r.name, r.round, r.changed) for r in records] == [
-        (name, rnd, name == "changes_3" and rnd <= 3) for rnd in range(1, 5) for name in ("changes_3", "never")]
+        (name, rnd, name == "count_down" and rnd <= 3) for rnd in range(1, 5) for name in ("count_down", "never")]
