@@ -45,6 +45,7 @@ CLEANUP_PASSES = (
     "fuse_conv_affine",
     "fuse_pad",
     "fuse_gemm",
+    "fuse_hardswish",
     "dedupe",
     "eliminate_dead",
 )
