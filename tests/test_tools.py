@@ -305,3 +305,61 @@ def test_quant_digests_are_stable_and_name_the_file(tmp_path, monkeypatch):
     assert first[0][2] == hashlib.sha256((tmp_path / "b" / "tiny-minmax.onnx").read_bytes()).hexdigest()
     out = onnx.load(tmp_path / "b" / "tiny-minmax.onnx")
     assert {n.op_type for n in out.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}  # it did quantize
+
+
+def test_text_boxes_components_detect_and_f1():
+    import text_boxes as tb
+
+    mask = np.zeros((20, 30), bool)
+    mask[2:5, 3:10] = True  # 3 x 7 = 21
+    mask[5, 10] = True  # touches the first only diagonally: same component (8-connected)
+    mask[10:14, 20:25] = True  # 4 x 5 = 20
+    mask[0, 29] = True  # a speck
+    comps = sorted(tb.components(mask))
+    assert comps == [(3, 2, 11, 6, 22), (20, 10, 25, 14, 20), (29, 0, 30, 1, 1)]
+    # U shape: two columns joined at the bottom row are one component though the rows above see two runs
+    u = np.zeros((5, 5), bool)
+    u[:, 0] = u[:, 4] = u[4, :] = True
+    assert tb.components(u) == [(0, 0, 5, 5, 13)]
+
+    prob = np.zeros((40, 60), np.float32)
+    prob[10:20, 10:50] = 0.9  # 10 x 40: unclip distance 400 * 1.5 / 100 = 6
+    prob[30, 30] = 0.9  # a speck under min_area
+    assert tb.detect(prob) == [(4.0, 4.0, 56.0, 26.0)]
+    assert tb.detect(prob * 0.3) == []  # at the threshold: nothing
+
+    truth = [[(0, 0, 10, 10), (20, 0, 30, 10)], [(0, 0, 10, 10)]]
+    preds = [[(0, 0, 10, 10), (50, 50, 60, 60)], [(1, 0, 10, 10)]]  # IoU 0.9 for the last
+    assert tb.f1(preds, truth) == {"precision": 2 / 3, "recall": 2 / 3, "f1": pytest.approx(2 / 3)}
+    assert tb.f1(preds, truth, min_iou=0.95)["recall"] == 1 / 3
+    assert tb.f1([[]], [[(0, 0, 1, 1)]]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert tb.matches([(0, 0, 10, 10)], [(0, 0, 10, 10), (0, 0, 10, 9)]) == 1  # one-to-one
+
+
+def test_ppocr_det_task_data_and_metric():
+    import bench_quant
+    import text_boxes as tb
+
+    from bench_prune_data import text_pages
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [vi("x", [1, 3, 320, 320])], []))
+    calib, held, task = bench_quant.model_data("ppocr_det", Path("zoo"), model, 2, 3)
+    assert calib["x"].shape == (2, 3, 320, 320) and held["x"].shape == (3, 3, 320, 320)
+    pages, masks = text_pages(3, 2)
+    np.testing.assert_array_equal(held["x"], pages)
+    assert [len(b) for b in task["boxes"]] == [len(tb.mask_boxes(m)) for m in masks] and all(task["boxes"])
+    for boxes, mask in zip(task["boxes"], masks):  # the boxes cover exactly the mask
+        cover = np.zeros_like(mask)
+        for x0, y0, x1, y1 in boxes:
+            cover[y0:y1, x0:x1] = True
+        np.testing.assert_array_equal(cover, mask)
+    prob = np.zeros((1, 1, 320, 320), np.float32)
+    prob[0, 0, 10:20, 10:50] = 0.9
+    assert bench_quant.task_view(task, prob) == [(4.0, 4.0, 56.0, 26.0)]  # detect() on the map
+    views = task["boxes"]  # boxes as task_view() gives them: here the right answer itself
+    assert bench_quant.task_metric(task, views, views) == {"box_f1_fp32": 1.0, "box_f1": 1.0, "box_agreement": 1.0}
+    lost_one = [views[0][1:]] + views[1:]  # one line of n missed
+    n = sum(map(len, views))
+    scores = bench_quant.task_metric(task, views, lost_one)
+    assert scores["box_f1"] == pytest.approx(2 * (n - 1) / (2 * n - 1)) and scores["box_agreement"] == scores["box_f1"]
+    assert bench_quant.task_metric(task, views, [[]] * 3)["box_f1"] == 0.0

@@ -1,7 +1,7 @@
 """sha256 of the bench models quantized by this tree: a change that must not move any quantized
 model (a refactor, a speed-up, a reliability fix) is checked by running this before and after.
 
-    python tools/zoo.py --out zoo --models resnet50,mobilenetv2,minilm_l6,ppocr_rec --exporter legacy
+    python tools/zoo.py --out zoo --models resnet50,mobilenetv2,minilm_l6,ppocr_rec,ppocr_det --exporter legacy
     python tools/quant_digests.py --zoo zoo [--models ...] [--methods mse,entropy] [--calib 64] > after.txt
     PYTHONPATH=/path/to/old/tree python tools/quant_digests.py --zoo zoo > before.txt   # or a checkout of main
     diff before.txt after.txt
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_quant  # noqa: E402
 
-DEFAULT_MODELS = ("resnet50", "mobilenetv2", "ppocr_rec", "minilm_l6")
+DEFAULT_MODELS = ("resnet50", "mobilenetv2", "ppocr_rec", "minilm_l6", "ppocr_det")
 
 
 def digests(zoo: Path, work: Path, models, methods, calib: int):
