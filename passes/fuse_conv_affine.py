@@ -58,6 +58,8 @@ class FuseConvAffine(Pass):
                     break
                 if node.op == "MatMul" and nxt.op != "Mul":
                     break  # MatMul + Add is fuse_gemm's rewrite
+                if not any(constant_value(t) is not None for t in nxt.inputs if t is not node.outputs[0]):
+                    break  # e.g. a residual Add: not a candidate, so not a declined rewrite (--strict)
                 try:
                     kind = folder.fold(node, nxt)
                 except _Reject as why:

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import helper
 
+from onnxslim.pipeline import PassContext
 from tests.helpers import apply_passes, assert_equivalent, init, make_model, op_counts, vi
 
 CIN, COUT, HW = 4, 6, 5
@@ -16,8 +17,8 @@ def _pipeline() -> str:
     return "infer_shapes,fuse_conv_affine"
 
 
-def _run(model: onnx.ModelProto):
-    out, records = apply_passes(model, _pipeline())
+def _run(model: onnx.ModelProto, ctx: PassContext | None = None):
+    out, records = apply_passes(model, _pipeline(), ctx)
     return out, records[-1]
 
 
@@ -105,6 +106,10 @@ def test_non_constant_operand_is_kept():
     out, record = _run(model)
     assert op_counts(out) == {"Conv": 1, "Mul": 1}
     assert not record.changed
+    # not a candidate (a residual Add, say), so not a declined rewrite: --strict must not fail on it
+    ctx = PassContext(strict=True)
+    out, _ = _run(model, ctx)
+    assert op_counts(out) == {"Conv": 1, "Mul": 1} and ctx.notes == []
 
 
 def test_non_constant_weight_is_kept():

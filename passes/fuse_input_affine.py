@@ -1,0 +1,140 @@
+"""Fold a constant per-channel Mul / Add / Sub on a Conv's input into the Conv's weights and bias.
+
+For ``y = Conv(x', W, b)`` with ``G`` groups, input channel ``c`` read by the filters of group
+``c // (C / G)`` at their channel ``c % (C / G)``, and ``k`` a constant per input channel
+(broadcast to the input it varies at most along axis 1: ``[C,1,1]``, ``[1,C,1,1]``, ``[1]``,
+scalar, ...)::
+
+    x' = x * k   ->  Conv(x, W * k[c], b)                                  (any padding)
+    x' = x + k   ->  Conv(x, W, b + sum_{c,kernel} W * k[c])               (no padding)
+    x' = x - k   ->  the same with -k
+    x' = k - x   ->  Conv(x, -W, b + sum_{c,kernel} W * k[c])              (no padding)
+
+A product commutes with the zero padding (``0 * k = 0``); a sum does not: at the border a
+padded tap reads 0 where the folded bias assumes ``k``, so Add/Sub fold only into a Conv that
+pads nothing (all pads 0 and auto_pad NOTSET or VALID). PP-OCRv4's LCNet backbone ends each
+block with a "learnable affine block" (``y * a + b``, scalars) before a pointwise conv: on the
+detector 13 of its 24 fold, which also takes a float Mul/Add and a Q/DQ pair out of each
+block of the INT8 model.
+
+Preconditions: default domain; constant float weight ``[M, C/G, k...]`` (and bias when present);
+the intermediate tensor ``x'`` has exactly one reader, the Conv, in this graph, and is not a graph
+output; the constant is a float and does not grow ``x'`` by broadcasting. Arithmetic in float64,
+cast to the weight dtype. Chains (``x * a + b -> Conv``) fold in one run, Add first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxslim.graph import NameScope, constant_value, detach, make_constant, producer, sole_reader
+from onnxslim.pipeline import Pass, PassContext, PassResult
+
+_DEFAULT_DOMAINS = (None, "", "ai.onnx")
+_AFFINE_OPS = ("Mul", "Add", "Sub")
+
+
+class _Reject(Exception):
+    """A candidate does not match; the message says why (for ctx.decline)."""
+
+
+class FuseInputAffine(Pass):
+    """Fold a constant per-channel Mul/Add/Sub on a Conv's input into its weights and bias."""
+
+    name = "fuse_input_affine"
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        scope = NameScope(graph)
+        local = {id(n) for n in graph.nodes}
+        output_ids = {id(t) for t in graph.outputs}
+        counters: dict[str, int] = {}
+        for conv in list(graph.nodes):
+            if conv.op != "Conv" or conv.domain not in _DEFAULT_DOMAINS or not conv.inputs:
+                continue
+            while (affine := producer(conv.inputs[0])) is not None:
+                if (affine.op not in _AFFINE_OPS or affine.domain not in _DEFAULT_DOMAINS or id(affine) not in local
+                        or sole_reader(conv.inputs[0], local, output_ids) is not conv):
+                    break
+                if len(affine.inputs) != 2 or sum(constant_value(t) is not None for t in affine.inputs) != 1:
+                    break  # a residual Add, say: not a candidate, so not a declined rewrite (--strict)
+                try:
+                    kind = _fold(conv, affine, scope)
+                except _Reject as why:
+                    ctx.decline(self.name, where=affine.name, reason=f"{affine.op} -> Conv: {why}")
+                    break
+                counters[kind] = counters.get(kind, 0) + 1
+        return PassResult(changed=bool(counters), counters=counters)
+
+
+def _fold(conv: gs.Node, affine: gs.Node, scope: NameScope) -> str:
+    values = [constant_value(t) for t in affine.inputs]  # exactly one is constant (run() checked)
+    operand_first = values[0] is not None
+    x, k = (affine.inputs[1], values[0]) if operand_first else (affine.inputs[0], values[1])
+    if k.dtype.kind != "f":
+        raise _Reject("constant is not floating point")
+    weight = constant_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
+    if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
+        raise _Reject("Conv weight is not a constant float tensor")
+    group = int(conv.attrs.get("group", 1))
+    channels = weight.shape[1] * group
+    vec = _input_channel_vector(k, weight.ndim, channels)
+    if vec is None:
+        raise _Reject(f"constant of shape {list(k.shape)} is not per input channel")
+    # per filter input channel: filter o (group o // (M/G)) reads channel (o // (M/G)) * C/G + i
+    per_group = weight.shape[0] // group
+    taps = vec.reshape(group, 1, weight.shape[1]).repeat(per_group, axis=1).reshape(weight.shape[0], weight.shape[1])
+    taps = taps.reshape(*taps.shape, *(1,) * (weight.ndim - 2))
+    w64 = weight.astype(np.float64)
+    if affine.op == "Mul":
+        new_w, new_b = w64 * taps, None
+    else:
+        if not _pads_nothing(conv):
+            raise _Reject("the Conv pads its input (an added constant does not commute with zero padding)")
+        if affine.op == "Sub" and operand_first:  # k - x
+            new_w, shift = -w64, vec
+        else:
+            new_w, shift = None, (-vec if affine.op == "Sub" else vec)
+        shift_taps = shift.reshape(group, 1, weight.shape[1]).repeat(per_group, axis=1).reshape(weight.shape[0], weight.shape[1])
+        new_b = _bias(conv, weight.shape[0]) + (w64.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2) * shift_taps).sum(axis=1)
+    base = conv.name or "conv"
+    if new_w is not None:
+        conv.inputs[1] = make_constant(scope, base + "_weight", new_w.astype(weight.dtype))
+    if new_b is not None:
+        b = make_constant(scope, base + "_bias", new_b.astype(weight.dtype))
+        if len(conv.inputs) > 2:
+            conv.inputs[2] = b
+        else:
+            conv.inputs.append(b)
+    conv.inputs[0] = x
+    detach(affine)
+    return "mul" if affine.op == "Mul" else "add"
+
+
+def _input_channel_vector(k: np.ndarray, in_rank: int, channels: int) -> np.ndarray | None:
+    """``k`` as a float64 vector over the input channels if broadcasting it against an input of rank
+    ``in_rank`` neither grows the input nor varies along any axis but 1; else None."""
+    if k.ndim > in_rank:
+        return None
+    shape = (1,) * (in_rank - k.ndim) + tuple(k.shape)
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(k.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
+def _bias(conv: gs.Node, out_channels: int) -> np.ndarray:
+    if len(conv.inputs) <= 2 or not conv.inputs[2].name:
+        return np.zeros(out_channels)
+    value = constant_value(conv.inputs[2])
+    if value is None:
+        raise _Reject("Conv bias is not constant")
+    return value.astype(np.float64)
+
+
+def _pads_nothing(conv: gs.Node) -> bool:
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad == "VALID":
+        return True
+    return auto_pad == "NOTSET" and not any(conv.attrs.get("pads", []))
