@@ -43,7 +43,6 @@ CLEANUP_PASSES = (
     "collapse_reshapes",
     "fuse_conv_bn",
     "fuse_conv_affine",
-    "fuse_input_affine",
     "fuse_pad",
     "fuse_gemm",
     "fuse_hardswish",
