@@ -457,6 +457,17 @@ def single_consumer(tensor: gs.Tensor) -> gs.Node | None:
     return readers[0] if len(readers) == 1 else None
 
 
+def channel_vector(k: np.ndarray, out_rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """``k`` as a float64 vector over ``channels`` if broadcasting it against an output of rank
+    ``out_rank`` neither grows the output nor varies along any axis but ``axis``; else None."""
+    if out_rank < 1 or k.ndim > out_rank:
+        return None
+    shape = (1,) * (out_rank - k.ndim) + tuple(k.shape)
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(k.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
 def all_inputs_constant(node: gs.Node) -> bool:
     return all(is_constant(t) for t in node.inputs if t.name)
 

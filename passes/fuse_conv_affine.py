@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, make_constant, rank, sole_reader
+from onnxslim.graph import NameScope, channel_vector, constant_value, detach, make_constant, rank, sole_reader
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -111,7 +111,7 @@ class _Folder:
         if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
             raise _Reject("Conv weight is not a constant float tensor")
         channels = weight.shape[0]
-        vec = _channel_vector(k, weight.ndim, 1, channels)
+        vec = channel_vector(k, weight.ndim, 1, channels)
         if vec is None:
             raise _Reject(f"constant of shape {list(k.shape)} is not per output channel")
         bias = _optional_constant(conv, 2, "Conv bias")
@@ -137,7 +137,7 @@ class _Folder:
         weight = _weight_2d(gemm)
         trans_b = bool(gemm.attrs.get("transB", 0))
         columns = weight.shape[0] if trans_b else weight.shape[1]
-        vec = _channel_vector(k, 2, 1, columns)
+        vec = channel_vector(k, 2, 1, columns)
         if vec is None:
             raise _Reject(f"constant of shape {list(k.shape)} is not per output column")
         c = _optional_constant(gemm, 2, "Gemm C")
@@ -165,22 +165,11 @@ class _Folder:
         out_rank = rank(mm.outputs[0]) or rank(mm.inputs[0])  # A's rank is the output's for a 2-D B
         if out_rank is None:
             out_rank = 1  # unknown: only [N], [1] and scalars are known not to grow the output
-        vec = _channel_vector(k, out_rank, out_rank - 1, weight.shape[1])
+        vec = channel_vector(k, out_rank, out_rank - 1, weight.shape[1])
         if vec is None:
             raise _Reject(f"constant of shape {list(k.shape)} is not per output column (output rank {out_rank})")
         mm.inputs[1] = make_constant(self.scope, (mm.name or "matmul") + "_weight", (weight * vec[None, :]).astype(weight.dtype))
         return "matmul_mul"
-
-
-def _channel_vector(k: np.ndarray, out_rank: int, axis: int, channels: int) -> np.ndarray | None:
-    """``k`` as a float64 vector over ``channels`` if broadcasting it against an output of rank
-    ``out_rank`` neither grows the output nor varies along any axis but ``axis``; else None."""
-    if out_rank < 1 or k.ndim > out_rank:
-        return None
-    shape = (1,) * (out_rank - k.ndim) + tuple(k.shape)
-    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
-        return None
-    return np.broadcast_to(k.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
 def _weight_2d(node: gs.Node) -> np.ndarray:

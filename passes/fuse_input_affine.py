@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, make_constant, producer, sole_reader
+from onnxslim.graph import NameScope, channel_vector, constant_value, detach, make_constant, producer, sole_reader
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -82,7 +82,7 @@ def _fold(conv: gs.Node, affine: gs.Node, scope: NameScope) -> str:
         raise _Reject("Conv weight is not a constant float tensor")
     group = int(conv.attrs.get("group", 1))
     channels = weight.shape[1] * group
-    vec = _input_channel_vector(k, weight.ndim, channels)
+    vec = channel_vector(k, weight.ndim, 1, channels)
     if vec is None:
         raise _Reject(f"constant of shape {list(k.shape)} is not per input channel")
     # per filter input channel: filter o (group o // (M/G)) reads channel (o // (M/G)) * C/G + i
@@ -113,17 +113,6 @@ def _fold(conv: gs.Node, affine: gs.Node, scope: NameScope) -> str:
     conv.inputs[0] = x
     detach(affine)
     return "mul" if affine.op == "Mul" else "add"
-
-
-def _input_channel_vector(k: np.ndarray, in_rank: int, channels: int) -> np.ndarray | None:
-    """``k`` as a float64 vector over the input channels if broadcasting it against an input of rank
-    ``in_rank`` neither grows the input nor varies along any axis but 1; else None."""
-    if k.ndim > in_rank:
-        return None
-    shape = (1,) * (in_rank - k.ndim) + tuple(k.shape)
-    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
-        return None
-    return np.broadcast_to(k.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
 def _bias(conv: gs.Node, out_channels: int) -> np.ndarray:
