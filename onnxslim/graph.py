@@ -468,6 +468,14 @@ def channel_vector(k: np.ndarray, out_rank: int, axis: int, channels: int) -> np
     return np.broadcast_to(k.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
+def set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
+    """Make ``tensor`` the node's input ``index``: replaced when present, appended when it is next."""
+    if len(node.inputs) > index:
+        node.inputs[index] = tensor
+    else:
+        node.inputs.append(tensor)
+
+
 def all_inputs_constant(node: gs.Node) -> bool:
     return all(is_constant(t) for t in node.inputs if t.name)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, channel_vector, constant_value, detach, make_constant, rank, sole_reader
+from onnxslim.graph import NameScope, channel_vector, constant_value, detach, make_constant, rank, set_input, sole_reader
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -128,7 +128,7 @@ class _Folder:
         if new_w is not None:
             conv.inputs[1] = make_constant(self.scope, base + "_weight", new_w.astype(weight.dtype))
         if bias_needed:
-            _set_input(conv, 2, make_constant(self.scope, base + "_bias", new_b.astype(weight.dtype)))
+            set_input(conv, 2, make_constant(self.scope, base + "_bias", new_b.astype(weight.dtype)))
         return "conv_mul" if op == "Mul" else "conv_add"
 
     # -- Gemm / MatMul -------------------------------------------------------------------
@@ -154,7 +154,7 @@ class _Folder:
         else:
             new_c = vec if bc is None else bc + vec
         if new_c is not None:
-            _set_input(gemm, 2, make_constant(self.scope, base + "_c", new_c.astype(weight.dtype)))
+            set_input(gemm, 2, make_constant(self.scope, base + "_c", new_c.astype(weight.dtype)))
             gemm.attrs["beta"] = 1.0
         return "gemm_mul" if op == "Mul" else "gemm_add"
 
@@ -187,10 +187,3 @@ def _optional_constant(node: gs.Node, index: int, what: str) -> np.ndarray | Non
     if value is None:
         raise _Reject(f"{what} is not constant")
     return value.astype(np.float64)
-
-
-def _set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
-    if len(node.inputs) > index:
-        node.inputs[index] = tensor
-    else:
-        node.inputs.append(tensor)

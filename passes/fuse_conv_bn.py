@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, make_constant, opset, producer, rank, sole_reader
+from onnxslim.graph import NameScope, constant_value, detach, make_constant, opset, producer, rank, set_input, sole_reader
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -198,11 +198,7 @@ class _Folder:
         weight, bias, group = _conv_params(conv)
         if weight.shape[1] * group != s.size:
             raise _Reject(f"{s.size} BN channels but {weight.shape[1] * group} input channels")
-        w64 = weight.astype(np.float64)
-        cout, cin_g = weight.shape[0], weight.shape[1]
-        grouped = w64.reshape(group, cout // group, cin_g, -1)
-        shift = np.einsum("gojk,gj->go", grouped, t.reshape(group, cin_g)).reshape(cout)
-        new_w = (grouped * s.reshape(group, 1, cin_g, 1)).reshape(weight.shape)
+        new_w, shift = input_affine_into_conv(weight, group, s, t)
         new_b = shift if bias is None else bias + shift
         self._set_conv_params(conv, new_w, new_b, weight.dtype)
         conv.inputs[0] = bn.inputs[0]
@@ -212,11 +208,7 @@ class _Folder:
     def _set_conv_params(self, conv: gs.Node, weight: np.ndarray, bias: np.ndarray, dtype: np.dtype) -> None:
         base = conv.name or conv.op.lower()
         conv.inputs[1] = make_constant(self.scope, base + "_weight", weight.astype(dtype))
-        b_const = make_constant(self.scope, base + "_bias", bias.astype(dtype))
-        if len(conv.inputs) > 2:
-            conv.inputs[2] = b_const
-        else:
-            conv.inputs.append(b_const)
+        set_input(conv, 2, make_constant(self.scope, base + "_bias", bias.astype(dtype)))
 
     @staticmethod
     def _take_output(node: gs.Node, bn: gs.Node) -> None:
@@ -224,6 +216,21 @@ class _Folder:
         y = bn.outputs[0]
         detach(bn)
         node.outputs[0] = y
+
+
+def input_affine_into_conv(weight: np.ndarray, group: int, scale: np.ndarray | None,
+                           shift: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A Conv reading ``x * scale[c] + shift[c]`` (``c`` an input channel; either may be None) as a
+    Conv reading ``x``: ``(W * scale[c], sum_{c,k} W[:, c, k] * shift[c])`` per group, in float64
+    (the new weight, the term its bias gains; None for what does not change). Exact for the shift only
+    when the Conv pads nothing (border windows would read a padded 0 where the fold assumes the
+    shift); the callers check."""
+    w64 = weight.astype(np.float64)
+    cout, cin_g = weight.shape[0], weight.shape[1]
+    grouped = w64.reshape(group, cout // group, cin_g, -1)
+    moved = None if shift is None else np.einsum("gojk,gj->go", grouped, shift.reshape(group, cin_g)).reshape(cout)
+    scaled = None if scale is None else (grouped * scale.reshape(group, 1, cin_g, 1)).reshape(weight.shape)
+    return scaled, moved
 
 
 def _conv_params(conv: gs.Node) -> tuple[np.ndarray, np.ndarray | None, int]:

@@ -32,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, channel_vector, constant_value, detach, make_constant, producer, sole_reader
+from onnxslim.graph import NameScope, channel_vector, constant_value, detach, make_constant, producer, set_input, sole_reader
+from onnxslim.passes.fuse_conv_bn import input_affine_into_conv
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -85,31 +86,22 @@ def _fold(conv: gs.Node, affine: gs.Node, scope: NameScope) -> str:
     vec = channel_vector(k, weight.ndim, 1, channels)
     if vec is None:
         raise _Reject(f"constant of shape {list(k.shape)} is not per input channel")
-    # per filter input channel: filter o (group o // (M/G)) reads channel (o // (M/G)) * C/G + i
-    per_group = weight.shape[0] // group
-    taps = vec.reshape(group, 1, weight.shape[1]).repeat(per_group, axis=1).reshape(weight.shape[0], weight.shape[1])
-    taps = taps.reshape(*taps.shape, *(1,) * (weight.ndim - 2))
-    w64 = weight.astype(np.float64)
     if affine.op == "Mul":
-        new_w, new_b = w64 * taps, None
+        scale, shift = vec, None
     else:
         if not _pads_nothing(conv):
             raise _Reject("the Conv pads its input (an added constant does not commute with zero padding)")
-        if affine.op == "Sub" and operand_first:  # k - x
-            new_w, shift = -w64, vec
+        if affine.op == "Sub" and operand_first:  # k - x = x * -1 + k
+            scale, shift = -np.ones_like(vec), vec
         else:
-            new_w, shift = None, (-vec if affine.op == "Sub" else vec)
-        shift_taps = shift.reshape(group, 1, weight.shape[1]).repeat(per_group, axis=1).reshape(weight.shape[0], weight.shape[1])
-        new_b = _bias(conv, weight.shape[0]) + (w64.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2) * shift_taps).sum(axis=1)
+            scale, shift = None, (-vec if affine.op == "Sub" else vec)
+    new_w, moved = input_affine_into_conv(weight, group, scale, shift)
+    new_b = None if moved is None else _bias(conv, weight.shape[0]) + moved
     base = conv.name or "conv"
     if new_w is not None:
         conv.inputs[1] = make_constant(scope, base + "_weight", new_w.astype(weight.dtype))
     if new_b is not None:
-        b = make_constant(scope, base + "_bias", new_b.astype(weight.dtype))
-        if len(conv.inputs) > 2:
-            conv.inputs[2] = b
-        else:
-            conv.inputs.append(b)
+        set_input(conv, 2, make_constant(scope, base + "_bias", new_b.astype(weight.dtype)))
     conv.inputs[0] = x
     detach(affine)
     return "mul" if affine.op == "Mul" else "add"

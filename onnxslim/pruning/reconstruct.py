@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, make_constant, make_node
+from onnxslim.graph import NameScope, constant_value, make_constant, make_node, set_input
 
 RIDGES = (1e-3, 1e-2, 1e-1)
 
@@ -221,22 +221,14 @@ def write_back(graph: gs.Graph, layer: Layer, weight: np.ndarray, bias: np.ndarr
     if node.op == "Conv":
         w = weight.reshape(old_w.shape)
         node.inputs[1] = make_constant(scope, f"{node.name}_refit_w", w.astype(dtype))
-        b = make_constant(scope, f"{node.name}_refit_b", bias.astype(dtype))
-        if len(node.inputs) > 2:
-            node.inputs[2] = b
-        else:
-            node.inputs.append(b)
+        set_input(node, 2, make_constant(scope, f"{node.name}_refit_b", bias.astype(dtype)))
         return
     if node.op == "Gemm":
         alpha = float(node.attrs.get("alpha", 1.0))
         mat = weight / alpha
         node.inputs[1] = make_constant(scope, f"{node.name}_refit_w", (mat if node.attrs.get("transB", 0) else mat.T).astype(dtype))
         node.attrs["beta"] = 1.0
-        c = make_constant(scope, f"{node.name}_refit_c", bias.astype(dtype))
-        if len(node.inputs) > 2:
-            node.inputs[2] = c
-        else:
-            node.inputs.append(c)
+        set_input(node, 2, make_constant(scope, f"{node.name}_refit_c", bias.astype(dtype)))
         return
     node.inputs[1] = make_constant(scope, f"{node.name}_refit_w", weight.T.astype(dtype))
     if not np.any(bias):
