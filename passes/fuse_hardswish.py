@@ -58,7 +58,7 @@ class FuseHardSwish(Pass):
             if node.outputs:
                 key = node.op.lower()
                 counters[key] = counters.get(key, 0) + 1
-        return PassResult(changed=m.changed, counters=counters)
+        return PassResult(changed=bool(m.created), counters=counters)  # every rewrite makes one
 
 
 class _Matcher:
@@ -69,7 +69,6 @@ class _Matcher:
         self.outputs = {id(t) for t in graph.outputs}
         self.has_hardswish = opset(graph) >= HARDSWISH_OPSET
         self.created: list[gs.Node] = []  # HardSigmoid/HardSwish nodes made by this run
-        self.changed = False
 
     def is_local(self, node: gs.Node) -> bool:
         return id(node) in self.local and node.domain in _DEFAULT_DOMAINS and len(node.outputs) == 1
@@ -115,8 +114,14 @@ class _Matcher:
         if "min" in clip.attrs or "max" in clip.attrs:  # opset < 11
             return clip.attrs.get("min"), clip.attrs.get("max")
         x = clip.inputs[0]
-        bounds = [self._scalar(t, x) if t.name else None for t in clip.inputs[1:3]]
-        return (bounds + [None, None])[0], (bounds + [None, None])[1]
+        lo, hi = [*clip.inputs[1:3], None, None][:2]  # absent inputs: no bound
+        return tuple(self._scalar(t, x) if t is not None and t.name else None for t in (lo, hi))
+
+    @staticmethod
+    def _h_nodes(h: gs.Tensor) -> list[gs.Node]:
+        """The Clip and Add that compute ``h = Clip(x + 3, 0, 6)`` (after _h_input matched it)."""
+        clip = producer(h)
+        return [clip, producer(clip.inputs[0])]
 
     def _h_input(self, tensor: gs.Tensor, reader: gs.Node) -> gs.Tensor | None:
         """``x`` when ``tensor = Clip(x + 3, 0, 6)``, read only by ``reader``, with a sole-reader Add."""
@@ -135,44 +140,41 @@ class _Matcher:
 
     # ---- rewrites
 
-    def rewrite_clip_form(self, last: gs.Node) -> str | None:
-        """Rewrite a Clip pattern ending at ``last`` (a Div/Mul); returns "hardswish"/"hardsigmoid" or None."""
+    def rewrite_clip_form(self, last: gs.Node) -> None:
+        """Rewrite a Clip pattern ending at ``last`` (a Div/Mul), if there is one."""
         inner = self._sixth_of(last)
         if inner is None:
-            return self._rewrite_times_hardsigmoid_form(last)
+            self._rewrite_times_hardsigmoid_form(last)
+            return
         x = self._h_input(inner, last)
         if x is not None:  # h(x) / 6
-            self._replace(last, self._hardsigmoid(x, out=last.outputs[0]), [producer(inner), producer(producer(inner).inputs[0])])
-            return "hardsigmoid"
+            self._replace(last, self._hardsigmoid(x, out=last.outputs[0]), self._h_nodes(inner))
+            return
         mul = self._producer(inner, "Mul")
         if mul is None or len(mul.inputs) != 2 or not self._only_reader(inner, last):
-            return None
+            return
         for x, h in (mul.inputs, mul.inputs[::-1]):
             if self._h_input(h, mul) is x:  # x * h(x) / 6
-                clip = producer(h)
-                self._replace(last, self._hardswish(x, last.outputs[0]), [mul, clip, producer(clip.inputs[0])])
-                return "hardswish"
-        return None
+                self._replace(last, self._hardswish(x, last.outputs[0]), [mul, *self._h_nodes(h)])
+                return
 
-    def _rewrite_times_hardsigmoid_form(self, mul: gs.Node) -> str | None:
+    def _rewrite_times_hardsigmoid_form(self, mul: gs.Node) -> None:
         """``x * (h(x) / 6)`` (the sixth taken before the product)."""
         if mul.op != "Mul" or len(mul.inputs) != 2:
-            return None
+            return
         for x, s in (mul.inputs, mul.inputs[::-1]):
             div = producer(s)
             if div is None or not self.is_local(div) or not self._only_reader(s, mul):
                 continue
             h = self._sixth_of(div)
             if h is not None and self._h_input(h, div) is x:
-                clip = producer(h)
-                self._replace(mul, self._hardswish(x, mul.outputs[0]), [div, clip, producer(clip.inputs[0])])
-                return "hardswish"
-        return None
+                self._replace(mul, self._hardswish(x, mul.outputs[0]), [div, *self._h_nodes(h)])
+                return
 
-    def rewrite_hardsigmoid_product(self, mul: gs.Node) -> bool:
+    def rewrite_hardsigmoid_product(self, mul: gs.Node) -> None:
         """``x * HardSigmoid(x, 1/6, 0.5)`` -> ``HardSwish(x)`` (opset >= 14 only)."""
         if mul.op != "Mul" or len(mul.inputs) != 2:
-            return False
+            return
         for x, s in (mul.inputs, mul.inputs[::-1]):
             hs = self._producer(s, "HardSigmoid")
             if hs is None or not hs.inputs or hs.inputs[0] is not x or not self._only_reader(s, mul):
@@ -180,10 +182,8 @@ class _Matcher:
             alpha, beta = hs.attrs.get("alpha", 0.2), hs.attrs.get("beta", 0.5)
             if not (np.float32(alpha) == np.float32(_SIXTH) and beta == 0.5):
                 continue
-            detach(hs)
-            self._swap(mul, self._hardswish(x, mul.outputs[0]))
-            return True
-        return False
+            self._replace(mul, self._hardswish(x, mul.outputs[0]), [hs])
+            return
 
     def _hardsigmoid(self, x: gs.Tensor, out: gs.Tensor) -> gs.Node:
         node = gs.Node("HardSigmoid", name=self.scope.fresh(f"{x.name}_hardsigmoid"), attrs={"alpha": _SIXTH, "beta": 0.5},
@@ -201,15 +201,11 @@ class _Matcher:
                 gs.Node("Mul", name=self.scope.fresh(f"{x.name}_hardswish"), inputs=[x, gate], outputs=[out])]
 
     def _replace(self, last: gs.Node, new: gs.Node | list[gs.Node], feeders: list[gs.Node]) -> None:
+        """Put ``new`` (writing ``last``'s output tensor, so names and graph outputs stay) in place of
+        ``last`` and the ``feeders`` that only it read."""
         for node in feeders:
             detach(node)
-        self._swap(last, new)
-
-    def _swap(self, old: gs.Node, new: gs.Node | list[gs.Node]) -> None:
-        new = new if isinstance(new, list) else [new]
-        old.outputs.clear()  # the new node writes old's output tensor (names and graph outputs stay)
-        old.inputs.clear()
-        for node in new:
+        detach(last)
+        for node in new if isinstance(new, list) else [new]:
             self.graph.nodes.append(node)
             self.local.add(id(node))
-        self.changed = True

@@ -135,7 +135,7 @@ def test_paddle_default_hardsigmoid_slope_is_not_hardswish():
 
 
 def test_two_activations_in_a_chain():
-    first = [n for n in _paddle_hardswish()]
+    first = _paddle_hardswish()
     first[-1].output[0] = "y1"
     second = [helper.make_node("Add", ["y1", "three"], ["a2"]), helper.make_node("Clip", ["a2", "lo", "hi"], ["h2"]),
               helper.make_node("Mul", ["y1", "h2"], ["m2"]), helper.make_node("Div", ["m2", "six"], ["y"])]
