@@ -43,6 +43,7 @@ CLEANUP_PASSES = (
     "collapse_reshapes",
     "fuse_conv_bn",
     "fuse_conv_affine",
+    "fuse_input_affine",
     "fuse_pad",
     "fuse_gemm",
     "fuse_hardswish",

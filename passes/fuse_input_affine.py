@@ -16,10 +16,12 @@ pads nothing (all pads 0 and auto_pad NOTSET or VALID). PP-OCRv4's LCNet backbon
 block with a "learnable affine block" (``y * a + b``, scalars) before its convs: on the detector
 10 of them fold (FP32 10.0 -> 9.75 ms).
 
-Not in the default pipeline (opt in with ``--passes``): exact in float, but before ``--quantize
-int8`` it moves the quantized tensor from the affine's output to its input, and on PP-OCRv4 rec
-that cost held-out cosine (percentile 0.984 -> 0.971, entropy 0.972 -> 0.964) for reasons not
-yet understood.
+In the default cleanup, after fuse_conv_affine (which folds an affine into the Conv before it,
+with any padding). Before ``--quantize int8`` the pass moves the quantized tensor from the
+affine's output to its input; with scalar affines the two quantize alike (the ranges map onto
+each other) and on PP-OCRv4 rec held-out cosine moved by -0.012 to +0.027 over four calibration
+draws (mean +0.004 percentile, +0.002 entropy, -0.003 mse), within how much the draw alone moves
+it (0.948 to 0.988, percentile).
 
 Preconditions: default domain; constant float weight ``[M, C/G, k...]`` (and bias when present);
 the intermediate tensor ``x'`` has exactly one reader, the Conv, in this graph, and is not a graph

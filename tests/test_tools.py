@@ -363,3 +363,20 @@ def test_ppocr_det_task_data_and_metric():
     scores = bench_quant.task_metric(task, views, lost_one)
     assert scores["box_f1"] == pytest.approx(2 * (n - 1) / (2 * n - 1)) and scores["box_agreement"] == scores["box_f1"]
     assert bench_quant.task_metric(task, views, [[]] * 3)["box_f1"] == 0.0
+
+
+def test_model_data_calibration_seed_picks_another_draw_and_never_the_held_out_one():
+    import bench_quant
+
+    from bench_prune_data import text_pages
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [vi("x", [1, 3, 320, 320])], []))
+    first, held, _ = bench_quant.model_data("ppocr_det", Path("zoo"), model, 2, 2)
+    again, held_again, _ = bench_quant.model_data("ppocr_det", Path("zoo"), model, 2, 2, calib_seed=1)
+    other, held_other, _ = bench_quant.model_data("ppocr_det", Path("zoo"), model, 2, 2, calib_seed=7)
+    np.testing.assert_array_equal(first["x"], again["x"])  # seed 1 is the default draw
+    np.testing.assert_array_equal(other["x"], text_pages(2, 7)[0])
+    assert not np.array_equal(first["x"], other["x"])
+    np.testing.assert_array_equal(held["x"], held_other["x"])  # the held-out set never moves
+    with pytest.raises(SystemExit, match="held-out draw"):
+        bench_quant.model_data("ppocr_det", Path("zoo"), model, 2, 2, calib_seed=bench_quant.HELD_OUT_SEED)

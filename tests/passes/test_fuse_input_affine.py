@@ -151,8 +151,8 @@ def test_non_constant_weight_is_declined():
     assert ctx.notes[0]["reason"] == "Mul -> Conv: Conv weight is not a constant float tensor"
 
 
-def test_registered_but_not_in_the_default_pipeline():
-    # opt-in: it moves the tensor --quantize int8 observes (see the pass's docstring)
+def test_in_the_default_pipeline_after_the_output_side_folds():
     from onnxslim.pipeline import CLEANUP_PASSES, registry
 
-    assert "fuse_input_affine" in registry() and "fuse_input_affine" not in CLEANUP_PASSES
+    assert "fuse_input_affine" in registry()
+    assert CLEANUP_PASSES.index("fuse_conv_affine") < CLEANUP_PASSES.index("fuse_input_affine")
