@@ -468,6 +468,13 @@ def channel_vector(k: np.ndarray, out_rank: int, axis: int, channels: int) -> np
     return np.broadcast_to(k.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
+def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
+    """Input ``index`` of ``node``; None when the node leaves that optional input out (missing or named '')."""
+    if len(node.inputs) <= index or not node.inputs[index].name:
+        return None
+    return node.inputs[index]
+
+
 def set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
     """Make ``tensor`` the node's input ``index``: replaced when present, appended when it is next."""
     if len(node.inputs) > index:

@@ -31,7 +31,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, channel_vector, constant_value, detach, make_constant, rank, set_input, sole_reader
+from onnxslim.graph import (
+    NameScope,
+    channel_vector,
+    constant_value,
+    detach,
+    make_constant,
+    optional_input,
+    rank,
+    set_input,
+    sole_reader,
+)
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -181,9 +191,10 @@ def _weight_2d(node: gs.Node) -> np.ndarray:
 
 def _optional_constant(node: gs.Node, index: int, what: str) -> np.ndarray | None:
     """Float64 value of optional input ``index`` (None when absent); rejects a non-constant."""
-    if len(node.inputs) <= index or not node.inputs[index].name:
+    tensor = optional_input(node, index)
+    if tensor is None:
         return None
-    value = constant_value(node.inputs[index])
+    value = constant_value(tensor)
     if value is None:
         raise _Reject(f"{what} is not constant")
     return value.astype(np.float64)

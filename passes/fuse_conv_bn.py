@@ -38,7 +38,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, make_constant, opset, producer, rank, set_input, sole_reader
+from onnxslim.graph import (
+    NameScope,
+    constant_value,
+    detach,
+    make_constant,
+    opset,
+    optional_input,
+    producer,
+    rank,
+    set_input,
+    sole_reader,
+)
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _DEFAULT_DOMAINS = (None, "", "ai.onnx")
@@ -163,8 +174,9 @@ class _Folder:
         new_w = (weight.astype(np.float64) * scale).astype(weight.dtype)
         bias = t
         if mm.op == "Gemm":
-            c = constant_value(mm.inputs[2]) if len(mm.inputs) > 2 and mm.inputs[2].name else None
-            if len(mm.inputs) > 2 and mm.inputs[2].name and c is None:
+            given = optional_input(mm, 2)
+            c = None if given is None else constant_value(given)
+            if given is not None and c is None:
                 raise _Reject("Gemm C is not constant")
             beta = float(mm.attrs.get("beta", 1.0))
             if c is not None and beta != 0.0:
@@ -241,13 +253,11 @@ def _conv_params(conv: gs.Node) -> tuple[np.ndarray, np.ndarray | None, int]:
     group = int(conv.attrs.get("group", 1))
     if group < 1 or weight.shape[0] % group:
         raise _Reject(f"group={group} does not divide the weight's first dimension")
-    bias = None
-    if len(conv.inputs) > 2 and conv.inputs[2].name:
-        bias = constant_value(conv.inputs[2])
-        if bias is None:
-            raise _Reject("bias is not constant")
-        bias = bias.astype(np.float64)
-    return weight, bias, group
+    given = optional_input(conv, 2)
+    bias = None if given is None else constant_value(given)
+    if given is not None and bias is None:
+        raise _Reject("bias is not constant")
+    return weight, None if bias is None else bias.astype(np.float64), group
 
 
 def _scale_output_channels(weight: np.ndarray, s: np.ndarray, group: int, transposed: bool) -> np.ndarray:

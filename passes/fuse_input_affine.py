@@ -34,7 +34,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, channel_vector, constant_value, detach, make_constant, producer, set_input, sole_reader
+from onnxslim.graph import (
+    NameScope,
+    channel_vector,
+    constant_value,
+    detach,
+    make_constant,
+    optional_input,
+    producer,
+    set_input,
+    sole_reader,
+)
 from onnxslim.passes.fuse_conv_bn import input_affine_into_conv
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
@@ -110,9 +120,10 @@ def _fold(conv: gs.Node, affine: gs.Node, scope: NameScope) -> str:
 
 
 def _bias(conv: gs.Node, out_channels: int) -> np.ndarray:
-    if len(conv.inputs) <= 2 or not conv.inputs[2].name:
+    given = optional_input(conv, 2)
+    if given is None:
         return np.zeros(out_channels)
-    value = constant_value(conv.inputs[2])
+    value = constant_value(given)
     if value is None:
         raise _Reject("Conv bias is not constant")
     return value.astype(np.float64)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_value, is_constant, opset
+from onnxslim.graph import constant_value, is_constant, opset, optional_input
 from onnxslim.pruning.base import Blocked, Link, const_ints, identity, is_var, node_axes, static_dim, tensor_rank
 from onnxslim.pruning.shape_ops import shape_handlers
 
@@ -206,10 +206,10 @@ def _resize(graph, node, tensor, axis, size, is_output):
     if node.op == "Upsample":
         scales = constant_value(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attrs.get("scales", []))
     else:
-        if len(node.inputs) > 2 and node.inputs[2].name:
-            scales = constant_value(node.inputs[2])
-        if len(node.inputs) > 3 and node.inputs[3].name:
-            sizes = constant_value(node.inputs[3])
+        if (given := optional_input(node, 2)) is not None:
+            scales = constant_value(given)
+        if (given := optional_input(node, 3)) is not None:
+            sizes = constant_value(given)
             if sizes is None:
                 raise Blocked(f"Resize {node.name}: sizes are not constant")
     if "axes" in node.attrs:
@@ -236,7 +236,7 @@ def _pad(graph, node, tensor, axis, size, is_output):
         k = axes.index(axis)
         if pads[k] or pads[k + len(axes)]:
             raise Blocked(f"Pad {node.name}: pads the channel axis")
-    if len(node.inputs) > 2 and node.inputs[2].name and np.asarray(constant_value(node.inputs[2])).size != 1:
+    if (value := optional_input(node, 2)) is not None and np.asarray(constant_value(value)).size != 1:
         raise Blocked(f"Pad {node.name}: constant value is not a scalar")
     return [identity(node.inputs[0] if is_output else node.outputs[0], axis, size)]
 

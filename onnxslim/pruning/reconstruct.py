@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, make_constant, make_node, set_input
+from onnxslim.graph import NameScope, constant_value, make_constant, make_node, optional_input, set_input
 
 RIDGES = (1e-3, 1e-2, 1e-1)
 
@@ -49,14 +49,17 @@ def dense_consumer(node: gs.Node) -> Layer | None:
     if w is None or np.asarray(w).dtype.kind != "f":
         return None
     w = np.asarray(w, dtype=np.float64)
-    b = constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    given = optional_input(node, 2)
+    b = None if given is None else constant_value(given)
+    if given is not None and b is None:  # a bias computed at run time
+        return None
     if node.op == "Conv":
-        if int(node.attrs.get("group", 1)) != 1 or w.ndim != 4 or (len(node.inputs) > 2 and node.inputs[2].name and b is None):
+        if int(node.attrs.get("group", 1)) != 1 or w.ndim != 4:
             return None
         bias = np.zeros(w.shape[0]) if b is None else np.asarray(b, dtype=np.float64)
         return Layer(node, w.reshape(w.shape[0], -1), bias, tuple(w.shape[2:]))
     if node.op == "Gemm":
-        if node.attrs.get("transA", 0) or (len(node.inputs) > 2 and node.inputs[2].name and b is None):
+        if node.attrs.get("transA", 0):
             return None
         alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
         mat = (w if node.attrs.get("transB", 0) else w.T) * alpha

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, is_graph_output, opset
+from onnxslim.graph import NameScope, constant_value, is_graph_output, opset, optional_input
 from onnxslim.quantization.plan import QuantPlan, WeightSpec
 from onnxslim.quantization.rounding import RoundedWeight, bias_site
 from onnxslim.quantization.rules import FOLDABLE_ACTIVATIONS, PlacementRules
@@ -229,7 +229,7 @@ class Emitter:
             return False
         if len(node.inputs) > 1:
             a = constant_value(node.inputs[1]) if node.inputs[1].name else np.float32(-np.inf)
-            b = constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else np.float32(np.inf)
+            b = np.float32(np.inf) if (given := optional_input(node, 2)) is None else constant_value(given)
             if a is None or b is None:
                 return False
             a, b = float(a), float(b)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_value
+from onnxslim.graph import constant_value, optional_input
 from onnxslim.quantization.moments import InputMoments
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def bias_site(node: gs.Node, channels: int) -> tuple[gs.Node, int] | None:
     (a linear layer as exported: ``MatMul -> Add(bias)``).
     """
     if node.op in ("Conv", "Gemm"):
-        if len(node.inputs) < 3 or not node.inputs[2].name:
+        if optional_input(node, 2) is None:
             return None
         if node.op == "Gemm" and (node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0):
             return None

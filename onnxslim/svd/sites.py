@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, make_constant
+from onnxslim.graph import NameScope, constant_value, detach, make_constant, optional_input
 
 DEFAULT_DOMAINS = (None, "", "ai.onnx")
 Layout = tuple  # ("last",) | ("first",) | ("penultimate",) | ("channels", strides or None)
@@ -104,7 +104,7 @@ def _gemm(node: gs.Node, graph_opset: int, spatial: bool) -> Site | str | None:
     index, value = found
     alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
     trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
-    c = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    c = optional_input(node, 2)
     c_value = constant_value(c) if c is not None else None
     scale = np.asarray(alpha, dtype=value.dtype)
     if index == 1:  # Y = alpha * op(X) @ op(Wc) + beta * C
@@ -140,12 +140,11 @@ def _conv(node: gs.Node, graph_opset: int, spatial: bool) -> Site | str | None:
         return None
     if int(node.attrs.get("group", 1)) != 1:
         return f"grouped Conv (group={node.attrs.get('group')})"
-    bias = None
-    if len(node.inputs) > 2 and node.inputs[2].name:
-        bias = constant_value(node.inputs[2])
-        if bias is None:
-            return "Conv bias is not constant"
-        bias = bias.astype(np.float64)
+    given = optional_input(node, 2)
+    bias = None if given is None else constant_value(given)
+    if given is not None and bias is None:
+        return "Conv bias is not constant"
+    bias = None if bias is None else bias.astype(np.float64)
     cout, cin = int(w.shape[0]), int(w.shape[1])
     if pointwise:
         pads = node.attrs.get("pads")

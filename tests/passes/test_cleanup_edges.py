@@ -549,3 +549,31 @@ def test_fold_shapes_treats_a_negative_dim_as_unknown():
     out, records = apply_passes(model, "fold_shapes", check=False)
     assert not records[0].changed and op_counts(out) == {"Shape": 1, "Identity": 1}
     assert run_ort(out, {"x": np.zeros((4, 3), np.float32)})["y"].tolist() == [4, 3]
+
+
+def test_optional_input_is_none_when_missing_or_named_empty():
+    from onnxslim.graph import optional_input
+
+    x, w, b = gs.Variable("x"), gs.Constant("w", np.ones((1, 1, 1, 1), np.float32)), gs.Constant("b", np.zeros(1, np.float32))
+    full, empty, short = (gs.Node("Conv", inputs=ins) for ins in ([x, w, b], [x, w, gs.Variable("")], [x, w]))
+    assert optional_input(full, 2) is b and optional_input(full, 1) is w
+    assert optional_input(empty, 2) is None and optional_input(short, 2) is None and optional_input(short, 5) is None
+
+
+@pytest.mark.parametrize("passes, affine", [("fuse_conv_affine", "after"), ("fuse_input_affine", "before"), ("fuse_conv_bn", "bn")])
+def test_conv_with_an_empty_bias_name_folds_as_a_conv_without_bias(passes, affine):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    k = rng.uniform(0.5, 2.0, (1, 4 if affine != "before" else 3, 1, 1)).astype(np.float32)
+    inits = [init("w", w), init("k", k)]
+    if affine == "before":
+        nodes = [helper.make_node("Mul", ["x", "k"], ["xs"]), helper.make_node("Conv", ["xs", "w", ""], ["y"])]
+    elif affine == "after":
+        nodes = [helper.make_node("Conv", ["x", "w", ""], ["c"]), helper.make_node("Mul", ["c", "k"], ["y"])]
+    else:
+        inits += [init(n, rng.uniform(0.5, 2.0, 4).astype(np.float32)) for n in ("s", "t", "m", "v")]
+        nodes = [helper.make_node("Conv", ["x", "w", ""], ["c"]), helper.make_node("BatchNormalization", ["c", "s", "t", "m", "v"], ["y"])]
+    model = make_model(nodes, [vi("x", [1, 3, 5, 5])], [vi("y", [1, 4, 5, 5])], inits)
+    out, _ = apply_passes(model, passes)
+    assert op_counts(out) == {"Conv": 1}
+    assert_equivalent(model, out)
