@@ -37,6 +37,7 @@ from onnx import version_converter
 from onnxslim.calibration import CalibrationSet, synthetic
 from onnxslim.errors import UsageError
 from onnxslim.graph import NameScope, export_model, import_model, opset
+from onnxslim.passes.fuse_hardswish import HARDSWISH_OPSET, fuse_hardsigmoid_products, has_hardsigmoid_products
 from onnxslim.pipeline import Pass, PassContext, PassResult
 from onnxslim.quantization.calibrate import Rider, collect_stats, merged
 from onnxslim.quantization.emit import Emitter, QParams, activation_params
@@ -82,7 +83,7 @@ class InsertQdq(Pass):
             raise UsageError(f"INT8 quantization needs opset >= 10 (the model has {opset(graph)}); convert it first")
         opts = QuantOptions.from_dict(ctx.options_for(self.name))
         rules = rules_for(ctx.target, ctx.device).with_extra_ops(opts.extra_ops)
-        raised = _raise_opset_for_per_channel(graph, rules)
+        raised, hardswish = _raise_opset_for_per_channel(graph, rules)
         _name_nodes(graph)
         aliases = _aliases(graph)
         _check_patterns(graph, opts, aliases)
@@ -94,7 +95,7 @@ class InsertQdq(Pass):
                 reason = f"every quantizable layer is left in float ({_why(plan.skipped)})"
             logger.warning("insert_qdq: nothing quantized: %s", reason)
             ctx.decline(self.name, where="graph", reason=reason)
-            return PassResult(raised, {"int8_layers": 0, "opset_raised_to_13": int(raised)})
+            return PassResult(bool(raised), {"int8_layers": 0, "opset_raised_to": raised, "hardswish_fused": hardswish})
         reference = export_model(graph.copy())
         # Decoding the graph's (lazily loaded) weights is model loading, which weight quantization
         # needs anyway: it is done before the calibration clock starts.
@@ -160,7 +161,7 @@ class InsertQdq(Pass):
                    + details)
         details += [{"detail": "fallback", "layer": name, "reason": f"most sensitive layers kept in float for {opts.max_error}"}
                     for name in fallback]
-        counters.update({"opset_raised_to_13": int(raised), "fallback_layers": len(fallback), "tensors_calibrated": len(observed),
+        counters.update({"opset_raised_to": raised, "hardswish_fused": hardswish, "fallback_layers": len(fallback), "tensors_calibrated": len(observed),
                          "calib_samples": samples, "calib_seconds": round(calib_seconds, 3),
                          "range_seconds": round(range_seconds, 3)})
         if rounder is not None:
@@ -183,20 +184,32 @@ def _name_nodes(graph: gs.Graph) -> None:
         seen.add(node.name)
 
 
-def _raise_opset_for_per_channel(graph: gs.Graph, rules: PlacementRules) -> bool:
-    """Per-channel DequantizeLinear needs opset 13: convert an opset 10-12 graph in place."""
+def _raise_opset_for_per_channel(graph: gs.Graph, rules: PlacementRules) -> tuple[int, int]:
+    """Per-channel DequantizeLinear needs opset 13: convert an opset 10-12 graph in place. A graph
+    with ``x * HardSigmoid(x)`` products (fuse_hardswish's spelling below 14) goes to 14 instead,
+    where each becomes one HardSwish, when the rules allow it. Returns (opset raised to, or 0;
+    HardSwish nodes made)."""
     if not rules.per_channel or opset(graph) >= 13:
-        return False
-    try:
-        converted = version_converter.convert_version(export_model(graph.copy()), 13)
-    except Exception as exc:  # the converter raises several types; per-tensor weights still work
-        logger.warning("insert_qdq: cannot convert opset %d to 13 (%s); weights will be per-tensor", opset(graph), exc)
-        return False
+        return 0, 0
+    targets = [13]
+    if rules.hardswish_opset and has_hardsigmoid_products(graph):
+        targets.insert(0, HARDSWISH_OPSET)
+    for target in targets:
+        try:
+            converted = version_converter.convert_version(export_model(graph.copy()), target)
+            break
+        except Exception as exc:  # the converter raises several types; per-tensor weights still work
+            failure = exc
+    else:
+        logger.warning("insert_qdq: cannot convert opset %d to 13 (%s); weights will be per-tensor", opset(graph), failure)
+        return 0, 0
     new = import_model(converted)
     graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
     graph.opset, graph.import_domains = new.opset, new.import_domains
-    logger.info("insert_qdq: opset raised to 13 for per-channel weights")
-    return True
+    fused = fuse_hardsigmoid_products(graph)
+    logger.info("insert_qdq: opset raised to %d for per-channel weights%s", target,
+                f" ({fused} HardSwish)" if fused else "")
+    return target, fused
 
 
 def _observation_set(graph: gs.Graph, rules: PlacementRules, excluded, plan: QuantPlan, opts: QuantOptions) -> list[str]:

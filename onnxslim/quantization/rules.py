@@ -69,6 +69,8 @@ class PlacementRules:
     # onnxruntime (its WeightBiasQuantization graph transform) gives a float Conv/ConvTranspose/Gemm whose input
     # comes from a per-tensor DequantizeLinear per-tensor int8 weights: float layers read a per-axis DQ copy.
     float_layers_read_per_axis_dq: bool = True
+    # When the opset must be raised for per-channel weights, go to 14 if that spells hard-swish as one HardSwish.
+    hardswish_opset: bool = True
     extra_ops: frozenset = field(default_factory=frozenset)  # e.g. Softmax, asked for by the user
 
     @property
@@ -98,6 +100,7 @@ _TENSORRT = PlacementRules(
     min_matmul_size=64,
     fold_activations=False,
     float_layers_read_per_axis_dq=False,
+    hardswish_opset=False,  # not checked against TensorRT's parser here: its graphs stay at opset 13
 )
 
 RULES: dict[tuple[str, str], PlacementRules] = {

@@ -281,7 +281,7 @@ def test_unnamed_nodes_and_opset_12_get_per_channel_weights():
     for node in model.graph.node:
         node.name = ""
     out, rec = quantize(model, samples=32)
-    assert rec.counters["opset_raised_to_13"] == 1
+    assert rec.counters["opset_raised_to"] == 13 and rec.counters["hardswish_fused"] == 0
     assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 13
     inits = inits_of(out)
     weight_scales = [inits[n.input[1]] for n in out.graph.node
@@ -346,3 +346,56 @@ def test_float_layers_stay_float_in_onnxruntime(tmp_path):
     assert ops.get("QLinearConv", 0) == 2  # conv0 and conv1; conv2 stays a float convolution
     feeds = next(synthetic(model, 1, seed=7).batches(1))
     np.testing.assert_allclose(sess.run(None, feeds)[0], run_ort(out, feeds)["y"], rtol=1e-3, atol=1e-4)
+
+
+def hardswish_block(opset: int, alpha: float = 1.0 / 6.0) -> onnx.ModelProto:
+    """Conv -> x * HardSigmoid(x) (fuse_hardswish's spelling below opset 14) -> Conv, 16 channels (TensorRT's floor)."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("HardSigmoid", ["c0"], ["g"], name="gate", alpha=alpha, beta=0.5),
+        helper.make_node("Mul", ["c0", "g"], ["h"], name="hswish"),
+        helper.make_node("Conv", ["h", "w1", "b1"], ["y"], name="conv1", pads=[1, 1, 1, 1]),
+    ]
+    inits = [init("w0", (rng.standard_normal((16, 16, 3, 3)) / 6).astype(np.float32)), init("b0", rng.standard_normal(16).astype(np.float32)),
+             init("w1", (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)), init("b1", np.zeros(16, np.float32))]
+    return make_model(nodes, [vi("x", [1, 16, 12, 12])], [vi("y", [1, 16, 12, 12])], inits, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+def test_opset_raise_goes_to_14_for_hardswish_products(opset):
+    model = hardswish_block(opset)
+    out, rec = quantize(model, samples=32)
+    assert rec.counters["opset_raised_to"] == 14 and rec.counters["hardswish_fused"] == 1
+    assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 14
+    ops = op_counts(out)
+    assert ops["HardSwish"] == 1 and "HardSigmoid" not in ops and "Mul" not in ops
+    assert sqnr_db(model, out) > 25.0
+
+
+@pytest.mark.parametrize("case", ["other_slope", "opset_13", "tensorrt"])
+def test_opset_raise_stays_at_13_without_a_hardswish_to_make(case):
+    model = hardswish_block(13 if case == "opset_13" else 12, alpha=0.2 if case == "other_slope" else 1.0 / 6.0)
+    out, rec = quantize(model, samples=32, target="tensorrt" if case == "tensorrt" else "ort",
+                        device="cuda" if case == "tensorrt" else "x86")
+    assert rec.counters["opset_raised_to"] == (0 if case == "opset_13" else 13) and rec.counters["hardswish_fused"] == 0
+    assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 13
+    ops = op_counts(out)
+    assert "HardSwish" not in ops and ops["HardSigmoid"] == 1
+    assert sqnr_db(model, out) > 25.0
+
+
+def test_opset_raise_to_14_falls_back_to_13_when_the_converter_fails(monkeypatch):
+    from onnx import version_converter
+
+    real = version_converter.convert_version
+
+    def no_14(model, target):
+        if target == 14:
+            raise RuntimeError("no adapter")
+        return real(model, target)
+
+    monkeypatch.setattr(version_converter, "convert_version", no_14)
+    out, rec = quantize(hardswish_block(12), samples=32)
+    assert rec.counters["opset_raised_to"] == 13 and rec.counters["hardswish_fused"] == 0
+    assert op_counts(out)["HardSigmoid"] == 1
