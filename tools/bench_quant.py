@@ -507,7 +507,7 @@ def plain_inference_seconds(model: str, calib: dict, threads: int, batch: int = 
 def bench_model(name: str, args, work: Path) -> list[dict]:
     path = str(args.zoo / MODELS[name])
     model = onnx.load(path, load_external_data=False)
-    calib, held, task = model_data(name, args.zoo, model, args.calib, args.holdout, cache=work)
+    calib, held, task = model_data(name, args.zoo, model, args.calib, args.holdout, cache=work, calib_seed=args.calib_seed)
     folder = work / f"{name}-calib"
     save_folder(calib, folder)
     timing_feed = first_feed(held)  # speed is timed on one held-out sample (batch 1)
@@ -590,6 +590,7 @@ def add_data_arguments(p: argparse.ArgumentParser, holdout: int | None = None, h
     p.add_argument("--models", default="resnet50,mobilenetv2,minilm_l6,ppocr_rec,vit_b16")
     p.add_argument("--methods", default="minmax,percentile,entropy,mse")
     p.add_argument("--calib", type=int, default=64)
+    p.add_argument("--calib-seed", type=int, default=1, help="which calibration draw (1: the default; 2 is the held-out draw)")
     p.add_argument("--holdout", type=int, default=holdout, help=holdout_help or (
         "held-out samples for fidelity (default per model: " + ", ".join(f"{k} {v}" for k, v in HOLDOUT.items()) + ")"))
 

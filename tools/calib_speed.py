@@ -137,7 +137,7 @@ def collector_batch(stage: dict) -> int:
 def run_model(name: str, args, work: Path) -> list[dict]:
     path = str(args.zoo / bench_quant.MODELS[name])
     model = onnx.load(path, load_external_data=False)
-    calib, _, _ = bench_quant.model_data(name, args.zoo, model, args.calib, args.holdout)  # held-out count shapes MiniLM's calibration sentences
+    calib, _, _ = bench_quant.model_data(name, args.zoo, model, args.calib, args.holdout, calib_seed=args.calib_seed)  # held-out count shapes MiniLM's calibration sentences
     del model
     folder = work / f"{name}-calib"
     bench_quant.save_folder(calib, folder)
