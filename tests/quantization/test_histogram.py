@@ -88,11 +88,12 @@ def test_sampling_with_nonfinite_values():
     assert (s.minimum, s.maximum) == (float(x[finite].min()), float(x[finite].max()))
 
 
-@pytest.mark.parametrize("size", [7, 1 << 16, (1 << 16) + 1, 300_001])
+@pytest.mark.parametrize("size", [7, "block", "block+1", "3 blocks+1"])
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
 def test_blockwise_min_max_equals_numpy(size, bad):
-    from onnxslim.quantization.histogram import _min_max
+    from onnxslim.quantization.histogram import MIN_MAX_BLOCK, _min_max
 
+    size = {"block": MIN_MAX_BLOCK, "block+1": MIN_MAX_BLOCK + 1, "3 blocks+1": 3 * MIN_MAX_BLOCK + 1}.get(size, size)
     x = np.random.default_rng(size).standard_normal(size).astype(np.float32)
     if bad is not None:
         x[size * 2 // 3] = bad
