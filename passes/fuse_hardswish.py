@@ -9,7 +9,7 @@ out as four elementwise nodes. With ``h(x) = Clip(x + 3, 0, 6)``::
 
 Below opset 14 there is no HardSwish and the pass never raises a model's opset: the HardSwish
 forms become ``x * HardSigmoid(x)`` (two nodes instead of four). ``--quantize int8`` for
-onnxruntime converts an opset 10-12 graph to 13 for per-channel weights anyway; when the graph holds
+onnxruntime on CPU converts an opset 10-12 graph to 13 for per-channel weights anyway; when the graph holds
 such products it converts to 14 instead and makes each one HardSwish (PP-OCRv4, INT8, 1 thread:
 det 48.6 -> 46.7 ms, rec 10.5 -> 10.2 ms, same fidelity). onnxruntime runs one HardSwish
 faster than the four nodes (PP-OCRv4 det, 24 of them: FP32 11.2 -> 10.4 ms; its INT8 model, where

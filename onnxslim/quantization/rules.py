@@ -106,7 +106,8 @@ _TENSORRT = PlacementRules(
 RULES: dict[tuple[str, str], PlacementRules] = {
     ("ort", "x86"): _ORT_X86,
     ("ort", "arm"): _ORT_ARM,
-    ("ort", "cuda"): replace(_ORT_ARM, name="ort/cuda"),
+    # HardSwish: the CUDA EP registers HardSigmoid but (as read in its activations.cc) no HardSwish kernel.
+    ("ort", "cuda"): replace(_ORT_ARM, name="ort/cuda", hardswish_opset=False),
     ("tensorrt", "cuda"): _TENSORRT,
     ("tensorrt", "x86"): _TENSORRT,
     ("tensorrt", "arm"): _TENSORRT,

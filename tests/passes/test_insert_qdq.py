@@ -362,10 +362,10 @@ def hardswish_block(opset: int, alpha: float = 1.0 / 6.0) -> onnx.ModelProto:
     return make_model(nodes, [vi("x", [1, 16, 12, 12])], [vi("y", [1, 16, 12, 12])], inits, opset=opset)
 
 
-@pytest.mark.parametrize("opset", [11, 12])
-def test_opset_raise_goes_to_14_for_hardswish_products(opset):
+@pytest.mark.parametrize("opset, device", [(11, "x86"), (12, "x86"), (12, "arm")])
+def test_opset_raise_goes_to_14_for_hardswish_products(opset, device):
     model = hardswish_block(opset)
-    out, rec = quantize(model, samples=32)
+    out, rec = quantize(model, samples=32, device=device)
     assert rec.counters["opset_raised_to"] == 14 and rec.counters["hardswish_fused"] == 1
     assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 14
     ops = op_counts(out)
@@ -373,11 +373,11 @@ def test_opset_raise_goes_to_14_for_hardswish_products(opset):
     assert sqnr_db(model, out) > 25.0
 
 
-@pytest.mark.parametrize("case", ["other_slope", "opset_13", "tensorrt"])
+@pytest.mark.parametrize("case", ["other_slope", "opset_13", "tensorrt", "ort_cuda"])
 def test_opset_raise_stays_at_13_without_a_hardswish_to_make(case):
     model = hardswish_block(13 if case == "opset_13" else 12, alpha=0.2 if case == "other_slope" else 1.0 / 6.0)
     out, rec = quantize(model, samples=32, target="tensorrt" if case == "tensorrt" else "ort",
-                        device="cuda" if case == "tensorrt" else "x86")
+                        device="cuda" if case in ("tensorrt", "ort_cuda") else "x86")
     assert rec.counters["opset_raised_to"] == (0 if case == "opset_13" else 13) and rec.counters["hardswish_fused"] == 0
     assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 13
     ops = op_counts(out)
