@@ -25,6 +25,7 @@ inside subgraphs are left in float. Options: ``ctx.options["insert_qdq"]``, see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Callable, Mapping
@@ -42,7 +43,7 @@ from onnxslim.pipeline import Pass, PassContext, PassResult
 from onnxslim.quantization.calibrate import Rider, collect_stats, merged
 from onnxslim.quantization.emit import Emitter, QParams, activation_params
 from onnxslim.quantization.histogram import TensorStats
-from onnxslim.quantization.methods import effective_method, select_range
+from onnxslim.quantization.methods import AUTO, METHODS, MethodSpec, effective_method, select_range
 from onnxslim.quantization.moments import MomentObserver, plan_layouts
 from onnxslim.quantization.options import QuantOptions, compile_pattern
 from onnxslim.quantization.plan import QuantPlan, exclusion_matcher, make_plan, unmatched_exclusions
@@ -113,17 +114,27 @@ class InsertQdq(Pass):
         rounder = make_rounder() if make_rounder else None
         rounding_samples, moments_seconds = (rider.seen, rider.seconds) if rider else (0, 0.0)
         ranges_start = time.perf_counter()
-        ranges = _RangeBook(stats, plan, rules, opts, aliases)
-        for members in plan.groups().values():
-            ranges.group_range(members, plan.derived)  # the method's range search is part of calibration (results are cached)
-        calib_seconds = time.perf_counter() - start
-        range_seconds = time.perf_counter() - ranges_start
-        probe = FidelityProbe(reference, _holdout(ctx, reference)) if opts.max_error is not None else None
+        choice: list[dict] = []
+        probe = None
+        if opts.method.name == AUTO:  # statistics are method-free: the choice is timed apart from calibration
+            calib_seconds, range_seconds = time.perf_counter() - start, 0.0
+            choice_start = time.perf_counter()
+            probe = FidelityProbe(reference, _holdout(ctx, reference))
+            opts, ranges, choice = _choose_method(graph, plan, stats, rules, opts, aliases, excluded, probe, rounder)
+            choice_seconds = time.perf_counter() - choice_start
+        else:
+            ranges = _RangeBook(stats, plan, rules, opts, aliases)
+            for members in plan.groups().values():
+                ranges.group_range(members, plan.derived)  # the method's range search is part of calibration (results are cached)
+            calib_seconds = time.perf_counter() - start
+            range_seconds = time.perf_counter() - ranges_start
+        if probe is None and opts.max_error is not None:
+            probe = FidelityProbe(reference, _holdout(ctx, reference))
         del reference  # the float model's weights are not needed any more
 
         fallback: list[str] = []
         details: list[dict] = []
-        if probe is not None:
+        if probe is not None and opts.max_error is not None:
 
             def build(extra: frozenset) -> onnx.ModelProto:
                 copy = graph.copy()
@@ -158,12 +169,14 @@ class InsertQdq(Pass):
         for note in emitter.notes:
             ctx.decline(self.name, where=note["where"], reason=note["reason"])
         details = (ranges.rows(plan, params) + emitter.rounding_rows + [{"detail": "float_layer", **s} for s in plan.skipped]
-                   + details)
+                   + choice + details)
         details += [{"detail": "fallback", "layer": name, "reason": f"most sensitive layers kept in float for {opts.max_error}"}
                     for name in fallback]
         counters.update({"opset_raised_to": raised, "hardswish_fused": hardswish, "fallback_layers": len(fallback), "tensors_calibrated": len(observed),
                          "calib_samples": samples, "calib_seconds": round(calib_seconds, 3),
                          "range_seconds": round(range_seconds, 3)})
+        if choice:
+            counters["method_choice_seconds"] = round(choice_seconds, 3)
         if rounder is not None:
             counters.update({"rounding_samples": rounding_samples, "moments_seconds": round(moments_seconds, 3),
                              "rounding_seconds": round(rounder.seconds, 3)})
@@ -182,6 +195,32 @@ def _name_nodes(graph: gs.Graph) -> None:
         if not node.name or node.name in seen:
             node.name = scope.fresh(f"{node.op}_{len(seen)}")
         seen.add(node.name)
+
+
+def _choose_method(graph: gs.Graph, plan: QuantPlan, stats: dict[str, TensorStats], rules: PlacementRules,
+                   opts: QuantOptions, aliases: dict, excluded, probe: FidelityProbe, rounder: WeightRounder | None
+                   ) -> tuple[QuantOptions, "_RangeBook", list[dict]]:
+    """``--calib-method auto``: every method's ranges from the same statistics (one calibration pass),
+    each quantized model scored on the held-out samples; the best cosine (then SQNR) is kept.
+    Per-tensor overrides still apply. Returns (options with the chosen method, its ranges, one
+    ``method_choice`` report row per method)."""
+    rows, best = [], None
+    for name in METHODS:
+        candidate = dataclasses.replace(opts, method=MethodSpec(name, opts.method.percentile))
+        book = _RangeBook(stats, plan, rules, candidate, aliases)
+        copy = graph.copy()
+        sub = make_plan(copy, rules, excluded)
+        Emitter(copy, sub, book.params(sub), rules, not opts.keep_activations, rounder).emit()
+        score = probe.score(export_model(copy))
+        rows.append({"detail": "method_choice", "method": name, "cosine": score.cosine, "sqnr_db": score.sqnr_db,
+                     "held_out": len(probe.feeds), "chosen": False})
+        if best is None or (score.cosine, score.sqnr_db) > best[0]:
+            best = ((score.cosine, score.sqnr_db), candidate, book, len(rows) - 1)
+    _, chosen, book, index = best
+    rows[index]["chosen"] = True
+    logger.info("insert_qdq: --calib-method auto chose %s (%s)", chosen.method.name,
+                ", ".join(f"{r['method']} cosine {r['cosine']:.5f}" for r in rows))
+    return chosen, book, rows
 
 
 def _raise_opset_for_per_channel(graph: gs.Graph, rules: PlacementRules) -> tuple[int, int]:

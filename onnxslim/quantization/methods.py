@@ -42,6 +42,7 @@ import numpy as np
 from onnxslim.quantization.histogram import TensorStats
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
+AUTO = "auto"  # --calib-method auto: each of METHODS tried on held-out samples, the best kept (insert_qdq)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from onnxslim.errors import UsageError
-from onnxslim.quantization.methods import METHODS, MethodSpec
+from onnxslim.quantization.methods import AUTO, METHODS, MethodSpec
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class QuantOptions:
         kwargs: dict[str, Any] = {}
         percentile = parse_percentile(values.get("percentile", 99.99))
         method = values.get("method", "mse")
-        kwargs["method"] = method if isinstance(method, MethodSpec) else parse_method(str(method), percentile)
+        kwargs["method"] = method if isinstance(method, MethodSpec) else parse_method(str(method), percentile, allow_auto=True)
         if "bins" in values:
             kwargs["bins"] = parse_bins(values["bins"])
         overrides = values.get("overrides", ())
@@ -150,11 +150,13 @@ def parse_percentile(value: Any) -> float:
     return p
 
 
-def parse_method(text: str, percentile: float = 99.99) -> MethodSpec:
-    """``minmax``, ``entropy``, ``mse``, ``percentile`` or ``percentile:99.9``."""
+def parse_method(text: str, percentile: float = 99.99, allow_auto: bool = False) -> MethodSpec:
+    """``minmax``, ``entropy``, ``mse``, ``percentile`` or ``percentile:99.9``; with ``allow_auto``
+    (the model-wide method, not a per-tensor override) also ``auto``."""
     name, _, param = text.strip().lower().partition(":")
-    if name not in METHODS:
-        raise UsageError(f"unknown calibration method {text!r} (choose from {', '.join(METHODS)})")
+    if name not in METHODS and not (allow_auto and name == AUTO):
+        choices = METHODS + ((AUTO,) if allow_auto else ())
+        raise UsageError(f"unknown calibration method {text!r} (choose from {', '.join(choices)})")
     if param and name != "percentile":
         raise UsageError(f"calibration method {name!r} takes no parameter (got {text!r})")
     return MethodSpec(name, parse_percentile(param) if param else percentile)

@@ -19,7 +19,7 @@ import onnx
 
 from onnxslim.errors import UsageError
 from onnxslim.pipeline import PassContext
-from onnxslim.quantization.methods import METHODS
+from onnxslim.quantization.methods import AUTO, METHODS
 from onnxslim.quantization.options import ROUNDINGS, QuantOptions, split_list
 from onnxslim.quantization.rules import rules_for
 from onnxslim.stages import Stage
@@ -42,8 +42,9 @@ class QuantizeStage(Stage):
         return [
             click.Option(["--quantize", "quantize"], type=click.Choice(["int8"]), default=None,
                          help="Post-training quantization: insert Q/DQ pairs placed for --target/--device."),
-            click.Option(["--calib-method", "calib_method"], type=click.Choice(METHODS), default=None,
-                         help="--quantize: activation range method (default mse)."),
+            click.Option(["--calib-method", "calib_method"], type=click.Choice((*METHODS, AUTO)), default=None,
+                         help="--quantize: activation range method (default mse; auto: every method from the same "
+                              "calibration pass, each model scored on the held-out samples, the best kept)."),
             click.Option(["--calib-percentile", "calib_percentile"], type=float, default=None, metavar="P",
                          help="--calib-method percentile: the percentile kept (default 99.99)."),
             click.Option(["--calib-bins", "calib_bins"], type=int, default=None, metavar="N",
@@ -118,7 +119,7 @@ class QuantizeStage(Stage):
 
 def _warn_unused(values: dict[str, Any], opts: QuantOptions, synthetic: bool) -> None:
     """Options given but without effect under the others: a warning, not silence."""
-    methods = [opts.method.name] + [o.method.name for o in opts.overrides]
+    methods = [opts.method.name] + [o.method.name for o in opts.overrides] + (list(METHODS) if opts.method.name == AUTO else [])
     unused = []
     if values.get("calib_percentile") is not None and "percentile" not in methods:
         unused.append(("--calib-percentile", "no tensor uses --calib-method percentile"))

@@ -399,3 +399,50 @@ def test_opset_raise_to_14_falls_back_to_13_when_the_converter_fails(monkeypatch
     out, rec = quantize(hardswish_block(12), samples=32)
     assert rec.counters["opset_raised_to"] == 13 and rec.counters["hardswish_fused"] == 0
     assert op_counts(out)["HardSigmoid"] == 1
+
+
+def spiky_block() -> tuple[onnx.ModelProto, object, list[dict]]:
+    """Conv -> Relu -> Conv; calibration data with rare huge spikes (so minmax wastes its range on
+    them), held-out data without: (model, calibration set, held-out feeds)."""
+    from onnxslim.calibration.data import CalibrationSet, InputSpec
+
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["y"], name="conv1", pads=[1, 1, 1, 1])]
+    inits = [init("w0", (rng.standard_normal((16, 8, 3, 3)) / 8).astype(np.float32)), init("b0", np.zeros(16, np.float32)),
+             init("w1", (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)), init("b1", np.zeros(16, np.float32))]
+    model = make_model(nodes, [vi("x", ["n", 8, 10, 10])], [vi("y", ["n", 16, 10, 10])], inits)
+    x = rng.standard_normal((32, 8, 10, 10)).astype(np.float32)
+    x[0, 0, 5, 5] = 400.0  # one value in 25,600: a spike
+    held = [{"x": rng.standard_normal((1, 8, 10, 10)).astype(np.float32)} for _ in range(8)]
+    return model, CalibrationSet("spiky", [InputSpec("x", np.dtype(np.float32), (None, 8, 10, 10))], [lambda: {"x": x}]), held
+
+
+def test_auto_method_scores_every_method_and_keeps_the_best():
+    model, calib, held = spiky_block()
+    ctx = PassContext(options={"insert_qdq": {"method": "auto"}})
+    ctx.data["calibration"], ctx.data["holdout"] = calib, held
+    out, records = apply_passes(model, PIPE, ctx)
+    rows = [d for d in records[-1].details if d["detail"] == "method_choice"]
+    assert [r["method"] for r in rows] == ["minmax", "percentile", "entropy", "mse"]
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["cosine"] == max(r["cosine"] for r in rows)
+    by_method = {r["method"]: r["cosine"] for r in rows}
+    assert chosen[0]["method"] != "minmax" and by_method["minmax"] < chosen[0]["cosine"] - 0.001  # the spikes cost minmax
+    ranges = [d for d in records[-1].details if d["detail"] == "tensor"]
+    assert ranges and all(d["method"].startswith(chosen[0]["method"]) for d in ranges)
+    assert records[-1].counters["method_choice_seconds"] > 0
+    # the kept model is the one that was scored: its cosine on the same held-out feeds
+    want = [run_ort(model, f)["y"] for f in held]
+    got = [run_ort(out, f)["y"] for f in held]
+    a, b = np.concatenate([w.ravel() for w in want]).astype(np.float64), np.concatenate([g.ravel() for g in got]).astype(np.float64)
+    assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) == pytest.approx(chosen[0]["cosine"], abs=5e-4)  # the probe runs fused kernels
+
+
+def test_auto_is_not_a_per_tensor_override():
+    from onnxslim.quantization.options import QuantOptions
+
+    with pytest.raises(UsageError, match="unknown calibration method 'auto'"):
+        QuantOptions.from_dict({"overrides": ["conv0=auto"]})
+    assert QuantOptions.from_dict({"method": "auto"}).method.name == "auto"

@@ -122,6 +122,20 @@ def test_cli_quantize_int8(model_file, tmp_path):
     assert any(r["detail"] == "tensor" and r["method"] == "mse" for r in rows)
 
 
+def test_cli_quantize_auto_method(model_file, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    result = CliRunner().invoke(main, ["optimize", str(model_file), "--quantize", "int8", "--calib-data", str(tmp_path / "calib.npz"),
+                                       "--calib-method", "auto", "-o", str(out), "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = [d for p in report["passes"] if p["name"] == "insert_qdq" for d in p["details"]]
+    choice = [r for r in rows if r["detail"] == "method_choice"]
+    assert [r["method"] for r in choice] == ["minmax", "percentile", "entropy", "mse"] and sum(r["chosen"] for r in choice) == 1
+    assert all(r["held_out"] == 4 for r in choice)  # 24 samples: a fifth, 4, held out
+    kept = next(r["method"] for r in choice if r["chosen"])
+    assert all(r["method"].startswith(kept) for r in rows if r["detail"] == "tensor")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--quantize", "int8", "--calib-percentile", "300"], "calib-percentile"),
     (["--quantize", "int8", "--max-error", "cosine"], "max-error"),
@@ -130,6 +144,7 @@ def test_cli_quantize_int8(model_file, tmp_path):
     (["--quantize", "int8", "--quant-ops", "Gelu"], "quant-ops"),
     (["--quantize", "int8", "--target", "tvm"], "no QDQ placement rules"),
     (["--calib-method", "mse"], "only applies with --quantize"),
+    (["--quantize", "int8", "--calib-override", "conv0=auto"], "unknown calibration method 'auto'"),
 ])
 def test_cli_bad_values_exit_2(model_file, args, message):
     result = CliRunner().invoke(main, ["optimize", str(model_file), *args])
