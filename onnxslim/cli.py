@@ -408,6 +408,11 @@ def format_summary(report: Report) -> str:
         lines.append("")
         lines += _table(["pass", "runs", "changed", "nodes removed", "seconds"],
                         [[t["name"], str(t["runs"]), str(t["changed"]), str(t["nodes_removed"]), f"{t['seconds']:.3f}"] for t in totals])
+    choice = [d for p in report.passes for d in (p.details or []) if d.get("detail") == "method_choice"]
+    if choice:
+        kept = next(d["method"] for d in choice if d["chosen"])
+        lines.append(f"--calib-method auto kept {kept}; cosine on {choice[0]['held_out']} held-out sample(s): "
+                     + ", ".join(f"{d['method']} {d['cosine']:.5f}" for d in choice))
     if report.verification is not None:
         lines.append("")
         lines.append(report.verification.summary())

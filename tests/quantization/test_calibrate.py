@@ -134,6 +134,7 @@ def test_cli_quantize_auto_method(model_file, tmp_path):
     assert all(r["held_out"] == 4 for r in choice)  # 24 samples: a fifth, 4, held out
     kept = next(r["method"] for r in choice if r["chosen"])
     assert all(r["method"].startswith(kept) for r in rows if r["detail"] == "tensor")
+    assert f"--calib-method auto kept {kept}; cosine on 4 held-out sample(s): minmax " in result.output
 
 
 @pytest.mark.parametrize("args,message", [
