@@ -119,7 +119,7 @@ class InsertQdq(Pass):
         if opts.method.name == AUTO:  # statistics are method-free: the choice is timed apart from calibration
             calib_seconds, range_seconds = time.perf_counter() - start, 0.0
             choice_start = time.perf_counter()
-            probe = FidelityProbe(reference, _holdout(ctx, reference))
+            probe = FidelityProbe(reference, _holdout(ctx, reference, "--calib-method auto"))
             opts, ranges, choice = _choose_method(graph, plan, stats, rules, opts, aliases, excluded, probe, rounder)
             choice_seconds = time.perf_counter() - choice_start
         else:
@@ -129,7 +129,7 @@ class InsertQdq(Pass):
             calib_seconds = time.perf_counter() - start
             range_seconds = time.perf_counter() - ranges_start
         if probe is None and opts.max_error is not None:
-            probe = FidelityProbe(reference, _holdout(ctx, reference))
+            probe = FidelityProbe(reference, _holdout(ctx, reference, "--quant-max-error"))
         del reference  # the float model's weights are not needed any more
 
         fallback: list[str] = []
@@ -378,11 +378,11 @@ def _calibration_set(ctx: PassContext, reference: onnx.ModelProto, opts: QuantOp
     return synthetic(reference, opts.synthetic_samples, seed=seed)
 
 
-def _holdout(ctx: PassContext, reference: onnx.ModelProto) -> list[dict]:
+def _holdout(ctx: PassContext, reference: onnx.ModelProto, why: str) -> list[dict]:
     feeds = list(ctx.data.get("holdout") or [])
     if feeds:
         return feeds
-    logger.warning("insert_qdq: no held-out samples for --quant-max-error; measuring on synthetic random inputs")
+    logger.warning("insert_qdq: no held-out samples for %s; measuring on synthetic random inputs", why)
     seed = int(ctx.data.get("seed", 0) or 0) + 1
     return list(synthetic(reference, 8, seed=seed).samples())
 

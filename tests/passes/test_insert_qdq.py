@@ -446,3 +446,10 @@ def test_auto_is_not_a_per_tensor_override():
     with pytest.raises(UsageError, match="unknown calibration method 'auto'"):
         QuantOptions.from_dict({"overrides": ["conv0=auto"]})
     assert QuantOptions.from_dict({"method": "auto"}).method.name == "auto"
+
+
+def test_auto_without_held_out_samples_says_so_and_still_chooses(caplog):
+    out, rec = quantize(resnet_block(), samples=16, method="auto")
+    assert "no held-out samples for --calib-method auto" in caplog.text
+    rows = [d for d in rec.details if d["detail"] == "method_choice"]
+    assert len(rows) == 4 and sum(r["chosen"] for r in rows) == 1 and all(r["held_out"] == 8 for r in rows)
