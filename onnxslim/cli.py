@@ -159,6 +159,9 @@ _FROM_REPORT_ALLOWED = {"model", "output", "report_path", "html_path", "fail_if"
 @click.option("--inputs", "inputs_file", type=click.Path(path_type=Path), help="Verify on these inputs (.npz: input name -> array).")
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration data for lossy passes: .npz, a folder of .npy/.npz, or a folder of images with preprocess.json.")
 @click.option("--calib-size", type=int, help="Use at most N calibration samples.")
+@click.option("--holdout", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Lossy stages: --calib-data samples held out to measure fidelity, choose --calib-method auto and size "
+                   "--max-error fallbacks (default 8; at most a fifth of the data).")
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), help="Lossy pipelines: fail (exit 1) when an output's cosine to the original falls below this.")
 @click.option("--target", type=click.Choice(["ort", "tensorrt", "tvm"]), default="ort", show_default=True, help="Deployment target.")
 @click.option("--device", type=click.Choice(["x86", "arm", "cuda"]), default="x86", show_default=True, help="Target device.")
@@ -212,6 +215,9 @@ def _optimize(params: dict[str, Any], config_used: dict[str, Any] | None = None)
         target=p.pop("target"), device=p.pop("device"), calib_data=p.pop("calib_data"), calib_size=p.pop("calib_size"),
         min_cosine=p.pop("min_cosine"), stage_values=p,
     )
+    holdout = p.pop("holdout")
+    if holdout is not None:
+        options["holdout"] = holdout
     _check_outputs(model, output, options, report_path, html_path, {"--config": (config_used or {}).get("path")})
     failif.check_measurable(conditions, options["verify"], _asks_lossy(passes, options["stage_values"]))
     _run_and_finish(model, output, options, report_path, html_path, conditions, quiet, {"config": config_used})

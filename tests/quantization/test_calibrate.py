@@ -137,7 +137,21 @@ def test_cli_quantize_auto_method(model_file, tmp_path):
     assert f"--calib-method auto kept {kept}; cosine on 4 held-out sample(s): minmax " in result.output
 
 
+@pytest.mark.parametrize("holdout, scored", [("2", 2), ("100", 4), ("0", 8)])
+def test_cli_holdout_sizes_the_jury_of_auto(model_file, tmp_path, holdout, scored):
+    # 24 samples: at most a fifth (4) held out; 0 leaves none, and auto falls back to 8 synthetic inputs
+    result = CliRunner().invoke(main, ["optimize", str(model_file), "--quantize", "int8", "--calib-data", str(tmp_path / "calib.npz"),
+                                       "--calib-method", "auto", "--holdout", holdout, "-o", str(tmp_path / "q.onnx"),
+                                       "--report", str(tmp_path / "r.json"), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = [d for p in report["passes"] if p["name"] == "insert_qdq" for d in p["details"] if d["detail"] == "method_choice"]
+    assert {r["held_out"] for r in rows} == {scored}
+    assert report["options"]["holdout"] == int(holdout)
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--quantize", "int8", "--holdout", "-1"], "--holdout"),
     (["--quantize", "int8", "--calib-percentile", "300"], "calib-percentile"),
     (["--quantize", "int8", "--max-error", "cosine"], "max-error"),
     (["--quantize", "int8", "--calib-bins", "7"], "calib-bins"),
