@@ -134,13 +134,10 @@ class InsertQdq(Pass):
 
         fallback: list[str] = []
         details: list[dict] = []
-        if probe is not None and opts.max_error is not None:
+        if opts.max_error is not None:
 
             def build(extra: frozenset) -> onnx.ModelProto:
-                copy = graph.copy()
-                sub = make_plan(copy, rules, lambda n: excluded(n) or n.name in extra)
-                Emitter(copy, sub, ranges.params(sub), rules, not opts.keep_activations, rounder).emit()
-                return export_model(copy)
+                return _candidate(graph, rules, lambda n: excluded(n) or n.name in extra, ranges, opts, rounder)
 
             result = find_fallback(build, plan.layers, probe, opts.max_error)
             fallback = result.fallback
@@ -197,6 +194,16 @@ def _name_nodes(graph: gs.Graph) -> None:
         seen.add(node.name)
 
 
+def _candidate(graph: gs.Graph, rules: PlacementRules, excluded, ranges: "_RangeBook", opts: QuantOptions,
+               rounder: WeightRounder | None) -> onnx.ModelProto:
+    """A quantized copy of ``graph`` (left as it is) with nodes matching ``excluded`` in float, for
+    scoring on held-out samples (--calib-method auto, --quant-max-error)."""
+    copy = graph.copy()
+    plan = make_plan(copy, rules, excluded)
+    Emitter(copy, plan, ranges.params(plan), rules, not opts.keep_activations, rounder).emit()
+    return export_model(copy)
+
+
 def _choose_method(graph: gs.Graph, plan: QuantPlan, stats: dict[str, TensorStats], rules: PlacementRules,
                    opts: QuantOptions, aliases: dict, excluded, probe: FidelityProbe, rounder: WeightRounder | None
                    ) -> tuple[QuantOptions, "_RangeBook", list[dict]]:
@@ -208,10 +215,7 @@ def _choose_method(graph: gs.Graph, plan: QuantPlan, stats: dict[str, TensorStat
     for name in METHODS:
         candidate = dataclasses.replace(opts, method=MethodSpec(name, opts.method.percentile))
         book = _RangeBook(stats, plan, rules, candidate, aliases)
-        copy = graph.copy()
-        sub = make_plan(copy, rules, excluded)
-        Emitter(copy, sub, book.params(sub), rules, not opts.keep_activations, rounder).emit()
-        score = probe.score(export_model(copy))
+        score = probe.score(_candidate(graph, rules, excluded, book, opts, rounder))
         rows.append({"detail": "method_choice", "method": name, "cosine": score.cosine, "sqnr_db": score.sqnr_db,
                      "held_out": len(probe.feeds), "chosen": False})
         if best is None or (score.cosine, score.sqnr_db) > best[0]:
