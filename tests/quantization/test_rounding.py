@@ -12,7 +12,7 @@ from onnxslim.calibration.data import model_inputs
 from onnxslim.errors import UsageError
 from onnxslim.pipeline import PassContext
 from onnxslim.quantization.emit import quantize_weight
-from onnxslim.quantization.moments import InputLayout, InputMoments
+from onnxslim.quantization.moments import InputLayout, InputMoments, _strided_sums
 from onnxslim.quantization.options import QuantOptions
 from onnxslim.quantization.rounding import BLOCK, gptq
 from tests.helpers import apply_passes, init, make_model, run_ort, vi
@@ -108,6 +108,26 @@ def test_conv_patches_reproduce_conv(group, stride, pads, dilation):
     count, total = layout.patch_sums(x)  # the exact mean path agrees with the patches
     assert count == len(v)
     np.testing.assert_allclose(total, v.sum(axis=0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 12, 13])
+def test_strided_sums_match_slices(size):
+    """Every span a kernel offset can read (any start, stop and step, empty ones too) sums as the slice does."""
+    x = np.random.default_rng(size).standard_normal((2, 3, 4, size)).astype(np.float32)
+    spans = [slice(a, b, s) for s in (1, 2, 3) for a in range(size) for b in range(a, size + 1)] + [slice(0, 0)]
+    for span, got in zip(spans, _strided_sums(x, spans)):
+        np.testing.assert_allclose(got, x[..., span].astype(np.float64).sum(axis=-1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,pads", [((1, 1), (1, 1), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1, 1, 1)),
+                                                ((5, 3), (3, 2), (2, 0, 1, 2)), ((3, 3), (1, 1), (4, 4, 4, 4))])
+def test_patch_sums_match_patches(kernel, stride, pads):
+    x = np.random.default_rng(3).standard_normal((3, 2, 11, 9)).astype(np.float32) + 0.5
+    layout = InputLayout("x", 1, 2 * kernel[0] * kernel[1], kernel, stride, pads, (1, 1))
+    v = layout.vectors(x, 0)
+    count, total = layout.patch_sums(x)
+    assert count == len(v)
+    np.testing.assert_allclose(total, v.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
 
 
 def test_moments_do_not_depend_on_batching():
