@@ -275,7 +275,7 @@ def _weight_rounding(graph: gs.Graph, plan: QuantPlan, calibration: CalibrationS
         return None
     observer = MomentObserver(plan_layouts(graph, plan), opts.rounding_max_width if gptq else 0,
                               samples=opts.moment_samples)
-    rider = Rider(observer.tensors, observer.observe, opts.moment_samples, observer.batch_axes)
+    rider = Rider(observer.tensors, observer.observe, opts.moment_samples, observer.batch_axes, blocked_ok=True)
     return rider, lambda: WeightRounder(observer.moments(), gptq, correct)
 
 

@@ -97,7 +97,7 @@ class Breakdown:
 
         with contextlib.ExitStack() as stack:
             self._wrap(calibrate, "make_collector", "session", stack)
-            self._wrap(collect.ActivationCollector, "run", "ort", stack)
+            self._wrap(collect.ActivationCollector, "run_raw", "ort", stack)
             self._wrap(histogram.TensorStats, "update", "stats", stack)
             self._wrap(data, "_stack", "data", stack)
             for src in ("_npz_loader",):
@@ -185,6 +185,8 @@ def run_model(name: str, args, work: Path) -> list[dict]:
 
 def _stage_value(item: str) -> tuple[str, object]:
     key, _, value = item.partition("=")
+    if value.lstrip("-").isdigit():
+        return key, int(value)
     return key, {"true": True, "false": False}.get(value.lower(), value)
 
 

@@ -24,6 +24,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxslim.calibration import ActivationCollector, CalibrationSet
+from onnxslim.calibration.collect import Blocked
 from onnxslim.calibration.data import batch_rows
 from onnxslim.cpu import usable_cores
 from onnxslim.errors import UsageError, first_line
@@ -36,9 +37,10 @@ logger = logging.getLogger(__name__)
 def make_collector(model: onnx.ModelProto, tensors: list[str], threads: int | None = None,
                    spinning: bool = True, weights: Mapping[str, np.ndarray] | None = None) -> ActivationCollector:
     """One session for every observed tensor, with onnxruntime's graph optimizations on (observed
-    tensors stay graph outputs; convolutional nets run several times faster than unoptimized)."""
+    tensors stay graph outputs; convolutional nets run several times faster than unoptimized), and
+    NCHWc activations handed over without a reorder (``direct``: see :class:`ActivationCollector`)."""
     return ActivationCollector(model, tensors, threads, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                               spinning=spinning, weights=weights)
+                               spinning=spinning, weights=weights, direct=True)
 
 
 @dataclass
@@ -48,22 +50,30 @@ class Rider:
     session and second inference over the same samples (e.g. weight-rounding input moments)."""
 
     tensors: Sequence[str]
-    observe: Callable[[str, np.ndarray], None]
+    observe: Callable[..., None]
     samples: int
     batch_axes: Mapping[str, int] = field(default_factory=dict)  # where a tensor's samples lie, when not on axis 0
+    blocked_ok: bool = False  # observe(name, array, blocked) with arrays as the collector gives them (NCHWc or not)
     seen: int = 0  # samples handed over so far
     seconds: float = 0.0  # time spent in ``observe``
 
-    def feed(self, values: dict[str, np.ndarray], rows: int) -> None:
+    def feed(self, values: dict[str, np.ndarray], rows: int, blocked: Mapping[str, Blocked] | None = None) -> None:
+        """Hand over a batch (``values`` as the collector gives them, ``blocked`` their NCHWc layouts)."""
         take = min(rows, self.samples - self.seen)
         if take <= 0 or not self.tensors:
             return
+        blocked = blocked or {}
         start = time.perf_counter()
         for name in self.tensors:
-            value = values[name]
+            value, layout = values[name], blocked.get(name)
+            if layout is not None and not self.blocked_ok:
+                value, layout = layout.to_nchw(value), None
             if take < rows:  # the last batch, cut to the samples asked for
                 value = np.take(value, np.arange(take), axis=self.batch_axes.get(name, 0))
-            self.observe(name, value)
+            if self.blocked_ok:
+                self.observe(name, value, layout)
+            else:
+                self.observe(name, value)
         self.seen += take
         self.seconds += time.perf_counter() - start
 
@@ -103,9 +113,9 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
 
     def observe_all(values: dict[str, np.ndarray], rows: int) -> None:
         for name, s in stats.items():
-            s.update(values[name], rows)
+            s.update(values[name], rows, collector.blocked.get(name))
         for rider in riders:
-            rider.feed(values, rows)
+            rider.feed(values, rows, collector.blocked)
         bar.update(rows)
 
     order = _Turns()
@@ -116,7 +126,7 @@ def collect_stats(model: onnx.ModelProto, tensors: list[str], data: CalibrationS
         turn passes on, even on failure)."""
         rows = batch_rows(feeds)
         try:
-            values = None if failed.is_set() else collector.run(feeds)
+            values = None if failed.is_set() else collector.run_raw(feeds)
         except BaseException as exc:
             failed.set()
             order.skip(index)

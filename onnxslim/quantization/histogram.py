@@ -14,33 +14,39 @@ multiset of values seen, never on how they were batched or chunked, and one pass
 its side, so a method asking for 2048 bins gets between 2048 and 4096 bins over ``[0, max |x|]``.
 Non-finite values are left out of the histogram and counted apart.
 
-Sampling: with ``sample_cap`` set and the batch size given, the histogram sees every k-th value
-of each sample (``k = ceil(values per sample / sample_cap)``), a pattern fixed per sample and so
-still independent of batching; min and max always see every value.
+Sampling: with ``sample_cap`` set and the batch size given, the histogram sees about
+``sample_cap`` values of each sample (``k = ceil(values per sample / sample_cap)``): in a 4-D
+``(N, C, H, W)`` tensor, every k-th pixel with all its channels (the same values whether the
+tensor is in NCHW or onnxruntime's NCHWc layout, where a pixel's channels lie together), in other
+tensors every k-th value of the flattened sample. The pattern is fixed per sample and so still
+independent of batching; min and max always see every value.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnxslim.calibration.collect import Blocked
 
 MIN_EXPONENT = -120  # grids finer than 2**-120 are never needed (values that small are zeros)
 MIN_MAX_BLOCK = 1 << 18  # values per block of _min_max: 1 MB, read from memory once and from cache once
 
 
-def _min_max(x: np.ndarray) -> tuple[float, float]:
-    """(min, max) of a flat array, block by block: one pass over memory instead of two (same values)."""
-    if x.size <= MIN_MAX_BLOCK:
-        return float(x.min()), float(x.max())
+def _min_max(parts: list[np.ndarray]) -> tuple[float, float]:
+    """(min, max) over flat arrays, block by block: one pass over memory instead of two (same values)."""
     lo, hi = math.inf, -math.inf
-    for start in range(0, x.size, MIN_MAX_BLOCK):
-        block = x[start : start + MIN_MAX_BLOCK]
-        low, high = float(block.min()), float(block.max())
-        if math.isnan(low) or math.isnan(high):  # NumPy's min/max propagate NaN; so does this
-            return math.nan, math.nan
-        lo, hi = min(lo, low), max(hi, high)
+    for x in parts:
+        for start in range(0, x.size, MIN_MAX_BLOCK):
+            block = x[start : start + MIN_MAX_BLOCK]
+            low, high = float(block.min()), float(block.max())
+            if math.isnan(low) or math.isnan(high):  # NumPy's min/max propagate NaN; so does this
+                return math.nan, math.nan
+            lo, hi = min(lo, low), max(hi, high)
     return lo, hi
 
 
@@ -73,36 +79,59 @@ class TensorStats:
     # ---------------------------------------------------------------------------------------
     # Updating
 
-    def update(self, values: np.ndarray, rows: int | None = None) -> None:
-        """Add ``values`` (taken as float32); ``rows``: how many samples they hold along axis 0 (enables sampling)."""
+    def update(self, values: np.ndarray, rows: int | None = None, blocked: "Blocked | None" = None) -> None:
+        """Add ``values`` (taken as float32); ``rows``: how many samples they hold along axis 0 (enables sampling).
+
+        ``blocked``: ``values`` is in onnxruntime's NCHWc layout (:class:`~onnxslim.calibration.collect.Blocked`):
+        its padding channels are left out, and the histogram samples the same values as in NCHW.
+        """
         x = np.asarray(values)
         if x.dtype != np.float32:
             x = x.astype(np.float32)
         if x.size == 0:
             return
-        sampled = None
-        if self.histogram and self.sample_cap and rows and x.ndim and x.shape[0] == rows:
-            per = x.size // rows
-            if per > self.sample_cap:
-                sampled = x.reshape(rows, per)[:, :: -(-per // self.sample_cap)]  # a strided view, no copy
-        x = x.reshape(-1)
-        lo, hi = _min_max(x)
+        parts = [x.reshape(-1)] if blocked is None else blocked.parts(x)  # every value, flat
+        sampled = self._sample(x, rows, blocked) if self.histogram and self.sample_cap else None
+        lo, hi = _min_max(parts)
         if not (math.isfinite(lo) and math.isfinite(hi)):
+            x = parts[0] if len(parts) == 1 else np.concatenate(parts)
             finite = np.isfinite(x)
             self.nonfinite += int(x.size - np.count_nonzero(finite))
             x = x[finite]
             if x.size == 0:
                 return
+            parts = [x]
             lo, hi = float(x.min()), float(x.max())
             if sampled is not None:
-                sampled = sampled[np.isfinite(sampled)]
+                sampled = [p[np.isfinite(p)] for p in sampled]
         self.minimum = min(self.minimum, lo)
         self.maximum = max(self.maximum, hi)
-        self.count += int(x.size)
+        self.count += sum(int(p.size) for p in parts)
         if not self.histogram:
             return
         self._grow_to(max(abs(lo), abs(hi)))
-        self._add(x if sampled is None else sampled)
+        for part in parts if sampled is None else sampled:
+            self._add(part)
+
+    def _sample(self, x: np.ndarray, rows: int | None, blocked: "Blocked | None") -> list[np.ndarray] | None:
+        """The values the histogram sees when a sample holds more than ``sample_cap`` (None: all).
+
+        The pattern is fixed per sample (batch-invariant) and does not depend on the memory layout:
+        in a 4-D tensor ``(N, C, H, W)``, every ``k``-th pixel of each sample, all channels; in
+        others, every ``k``-th value of each flattened sample.
+        """
+        if not rows or not x.ndim or x.shape[0] != rows:
+            return None
+        channels = x.shape[1] if blocked is None else blocked.channels
+        per = channels * (x.size // (rows * x.shape[1])) if x.ndim > 1 else x.size // rows
+        if per <= self.sample_cap:
+            return None
+        step = -(-per // self.sample_cap)
+        if blocked is not None:
+            return blocked.pixel_sample(x, step)
+        if x.ndim == 4:
+            return [x.reshape(rows, channels, -1)[:, :, ::step]]  # strided views, no copy
+        return [x.reshape(rows, per)[:, ::step]]
 
     def _required_exponent(self, magnitude: float) -> int:
         # Smallest e with magnitude < H * 2**e.

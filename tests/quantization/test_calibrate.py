@@ -31,8 +31,8 @@ def test_scales_bit_identical_for_batch_sizes(method, sample, tmp_path, monkeypa
     from onnxslim.calibration.collect import ActivationCollector
     from onnxslim.calibration.data import batch_rows
 
-    run, rows = ActivationCollector.run, []
-    monkeypatch.setattr(ActivationCollector, "run", lambda self, feeds: (rows.append(batch_rows(feeds)), run(self, feeds))[1])
+    run, rows = ActivationCollector.run_raw, []
+    monkeypatch.setattr(ActivationCollector, "run_raw", lambda self, feeds: (rows.append(batch_rows(feeds)), run(self, feeds))[1])
     rng = np.random.default_rng(1)
     # Stored in uneven chunks (7 files of 1..16 samples) so chunking differs from batching too.
     sizes = [1, 16, 3, 9, 5, 14, 16]

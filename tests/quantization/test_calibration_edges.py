@@ -83,12 +83,13 @@ def test_collect_runs_a_fixed_batch_model_at_its_batch():
 
 
 def test_histogram_sample_cap_applies_per_sample():
-    """sample_cap=100: each sample gives its histogram every 21st of its 2048 values (98), min/max see all."""
+    """sample_cap=100: each sample gives its histogram every 21st of its 256 pixels, 8 channels each
+    (104 values), min/max see all (8 channels: onnxruntime pads them to its NCHWc block, left out)."""
     model = resnet_block(c=8, batch="n")
     stats, seen = collect_stats(model, ["r0"], synthetic(model, 12, seed=5), batch_size=4, sample_cap=100)
     s = stats["r0"]  # 8 channels x 16 x 16 = 2048 values per sample
     assert seen == 12 and s.count == 12 * 2048
-    assert int(s.counts.sum()) == 12 * len(range(0, 2048, 21))
+    assert int(s.counts.sum()) == 12 * 8 * len(range(0, 256, 21))
 
 
 def test_riders_alone_are_fed_without_observed_tensors():
@@ -116,7 +117,7 @@ def test_a_batch_computed_before_another_lanes_failure_is_not_observed(monkeypat
     model = small_net()
     batches = [{"x": np.full((4, 32), float(i), np.float32)} for i in range(4)]
     second_done = threading.Event()
-    run = ActivationCollector.run
+    run = ActivationCollector.run_raw
 
     def patched(self, feeds):
         which = int(feeds["x"][0, 0])
@@ -128,7 +129,7 @@ def test_a_batch_computed_before_another_lanes_failure_is_not_observed(monkeypat
             second_done.set()
         return out
 
-    monkeypatch.setattr(ActivationCollector, "run", patched)
+    monkeypatch.setattr(ActivationCollector, "run_raw", patched)
     seen = []
     rider = Rider(["r"], lambda name, value: seen.append(float(value.sum())), samples=100)
     with pytest.raises(RuntimeError, match="batch 1 failed"):

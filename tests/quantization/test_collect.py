@@ -101,3 +101,72 @@ def test_given_weight_arrays_are_taken_as_they_are():
         assert np.array_equal(value, plain[name])
     wrong = ActivationCollector(model, ["y"], threads=1, weights={"w1": arrays["w1"].T.copy()})  # shape mismatch: ignored
     assert np.array_equal(wrong.run(feeds)["y"], plain["y"])
+
+
+# --------------------------------------------------------------------------------------------
+# Direct collectors: NCHWc activations without onnxruntime's output reorders
+
+
+def conv_net(c: int) -> onnx.ModelProto:
+    from tests.passes.test_insert_qdq import resnet_block
+
+    return resnet_block(c=c, batch="n")
+
+
+@pytest.mark.parametrize("channels", [8, 16, 24])
+def test_direct_collector_gives_the_same_activations(channels):
+    """run() of a direct collector equals a plain ORT_ENABLE_ALL session's outputs bit for bit; run_raw
+    hands the NCHWc ones over blocked (channels padded to the machine's block) when onnxruntime uses it."""
+    from onnxslim.calibration.collect import nchwc_block
+
+    model = conv_net(channels)
+    names = ["r0", "c1", "r1", "c2", "a2", "r2", "g", "y"]
+    feeds = {"x": np.random.default_rng(channels).standard_normal((3, 3, 16, 16)).astype(np.float32)}
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    plain = ActivationCollector(model, names, threads=1, optimization_level=level)
+    direct = ActivationCollector(model, names, threads=1, optimization_level=level, direct=True)
+    assert plain.blocked == {}
+    want, got, raw = plain.run(feeds), direct.run(feeds), direct.run_raw(feeds)
+    for name in names:
+        assert got[name].shape == want[name].shape
+        np.testing.assert_array_equal(got[name], want[name])
+    block = nchwc_block()
+    if not block:  # no NCHWc on this machine (e.g. no AVX2): nothing to take out
+        assert direct.blocked == {}
+        return
+    assert {"r0", "r1"} <= set(direct.blocked)  # (which others onnxruntime blocks is its choice)
+    for name, layout in direct.blocked.items():
+        assert layout.channels == channels and layout.block == block
+        assert raw[name].shape[1] == -(-channels // block) * block
+        np.testing.assert_array_equal(layout.to_nchw(raw[name]), want[name])
+
+
+def test_direct_collector_falls_back_to_a_plain_session(monkeypatch):
+    """A failure while building the direct session (onnxruntime's optimized file) costs nothing but speed."""
+    from onnxslim.calibration import collect
+
+    def broken(model, names):
+        raise RuntimeError("cannot read the optimized graph")
+
+    monkeypatch.setattr(collect, "_unreorder_outputs", broken)
+    model = conv_net(16)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    direct = ActivationCollector(model, ["r1", "y"], threads=1, optimization_level=level, direct=True)
+    assert direct.blocked == {}
+    assert direct.session.get_session_options().graph_optimization_level == level
+    want = ActivationCollector(model, ["r1", "y"], threads=1, optimization_level=level).run(feeds)
+    got = direct.run_raw(feeds)
+    for name in ("r1", "y"):
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_no_direct_session_without_convolutions(monkeypatch):
+    """A model without Conv never pays for writing onnxruntime's optimized graph."""
+    from onnxslim.calibration import collect
+
+    monkeypatch.setattr(collect.ActivationCollector, "_open_direct", lambda *a: pytest.fail("direct session attempted"))
+    model = small_net()
+    collector = ActivationCollector(model, ["h", "y"], threads=1, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                    direct=True)
+    assert collector.blocked == {}

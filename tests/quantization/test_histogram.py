@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from onnxslim.calibration.collect import Blocked
 from onnxslim.quantization.histogram import TensorStats
 
 
@@ -68,11 +69,38 @@ def test_sampling_is_per_sample_and_batch_free():
     for i in range(0, 12, 5):
         rows.update(x[i:i + 5], rows=len(x[i:i + 5]))
     assert whole.exponent == rows.exponent and np.array_equal(whole.counts, rows.counts)
-    step = math.ceil(1155 / 100)
-    assert whole.counts.sum() == 12 * len(range(0, 1155, step))
-    picked = x.reshape(12, -1)[:, ::step].reshape(-1)
+    step = math.ceil(1155 / 100)  # a 4-D tensor: every 12th of the 165 pixels, all 7 channels
+    assert whole.counts.sum() == 12 * 7 * len(range(0, 165, step))
+    picked = x.reshape(12, 7, -1)[:, :, ::step].reshape(-1)
     assert np.array_equal(whole.counts, reference_counts(picked, whole))
     assert (whole.minimum, whole.maximum, whole.count) == (float(x.min()), float(x.max()), x.size)
+    flat = TensorStats(256, sample_cap=100)  # other ranks: every 12th value of the flattened sample
+    flat.update(x.reshape(12, -1), rows=12)
+    assert np.array_equal(flat.counts, reference_counts(x.reshape(12, -1)[:, ::step].reshape(-1), flat))
+
+
+def nchwc(x: np.ndarray, block: int) -> np.ndarray:
+    """``x`` (N, C, H, W) in onnxruntime's NCHWc memory order, padding channels full of 1e6."""
+    n, c, h, w = x.shape
+    padded = -(-c // block) * block
+    full = np.full((n, padded, h, w), 1e6, np.float32)  # padding that must never be counted
+    full[:, :c] = x
+    return np.ascontiguousarray(full.reshape(n, padded // block, block, h, w).transpose(0, 1, 3, 4, 2)).reshape(n, padded, h, w)
+
+
+@pytest.mark.parametrize("channels,block,cap", [(24, 16, 100), (32, 16, 0), (12, 8, 50), (40, 8, 0)])
+def test_blocked_activations_give_the_nchw_statistics(channels, block, cap):
+    """The same statistics from onnxruntime's NCHWc layout (padding left out, the same values sampled)."""
+    x = np.random.default_rng(channels).standard_normal((3, channels, 9, 7)).astype(np.float32)
+    layout = Blocked(channels, block)
+    np.testing.assert_array_equal(layout.to_nchw(nchwc(x, block)), x)
+    plain, blocked = TensorStats(512, sample_cap=cap), TensorStats(512, sample_cap=cap)
+    plain.update(x, rows=3)
+    blocked.update(nchwc(x, block), rows=3, blocked=layout)
+    assert (blocked.minimum, blocked.maximum, blocked.count) == (plain.minimum, plain.maximum, plain.count) == (
+        float(x.min()), float(x.max()), x.size)
+    assert blocked.exponent == plain.exponent and np.array_equal(blocked.counts, plain.counts)
+    assert plain.counts.sum() == (x.size if not cap else 3 * channels * len(range(0, 63, -(-channels * 63 // cap))))
 
 
 def test_sampling_with_nonfinite_values():
@@ -97,5 +125,7 @@ def test_blockwise_min_max_equals_numpy(size, bad):
     x = np.random.default_rng(size).standard_normal(size).astype(np.float32)
     if bad is not None:
         x[size * 2 // 3] = bad
-    got, want = _min_max(x), (float(x.min()), float(x.max()))
+    got, want = _min_max([x]), (float(x.min()), float(x.max()))
+    assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
+    got = _min_max([x[:size // 2], x[size // 2:]])  # several parts: one min/max over all of them
     assert np.array_equal(np.array(got), np.array(want), equal_nan=True)

@@ -225,8 +225,8 @@ def _sequence_model() -> onnx.ModelProto:
 
 
 def test_variable_length_sequences_quantize_the_same_at_every_batch_size(tmp_path, monkeypatch):
-    run, rows = ActivationCollector.run, []
-    monkeypatch.setattr(ActivationCollector, "run", lambda self, feeds: (rows.append(batch_rows(feeds)), run(self, feeds))[1])
+    run, rows = ActivationCollector.run_raw, []
+    monkeypatch.setattr(ActivationCollector, "run_raw", lambda self, feeds: (rows.append(batch_rows(feeds)), run(self, feeds))[1])
     (tmp_path / "calib").mkdir()
     rng = np.random.default_rng(1)
     # a and b share a length (a batch may span them), c is longer, d is short again.
