@@ -434,3 +434,24 @@ def test_an_initializer_whose_bytes_live_in_a_file_is_left_to_onnxruntime():
     external.ClearField("raw_data")
     external.data_location = onnx.TensorProto.EXTERNAL
     assert _weight_array(external, {}) is None
+
+
+@pytest.mark.parametrize("blocked_ok", [False, True])
+def test_riders_read_nchw_unless_they_take_blocked_arrays(blocked_ok):
+    """A rider sees the model's own layout; one that takes blocked arrays gets them with their layout."""
+    from onnxslim.calibration.collect import nchwc_block
+
+    model = resnet_block(c=8, batch="n")
+    data = synthetic(model, 4, seed=3)
+    want = ActivationCollector(model, ["r1"], threads=1).run(next(iter(data.batches(4))))["r1"]
+    got = []
+
+    def observe(name, value, layout=None):
+        got.append(value if layout is None else layout.to_nchw(value))
+        if blocked_ok and nchwc_block():
+            assert layout is not None and value.shape[1] == -(-8 // nchwc_block()) * nchwc_block()
+
+    rider = Rider(["r1"], observe, samples=4, blocked_ok=blocked_ok)
+    collect_stats(model, ["r0"], data, batch_size=4, riders=[rider])
+    assert len(got) == 1
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)

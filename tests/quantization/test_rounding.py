@@ -283,3 +283,19 @@ def test_cli_rounding_flags(tmp_path):
     assert bad.exit_code == 2 and "only applies with --quantize" in bad.output
     bad = CliRunner().invoke(main, ["optimize", str(model_path), "--quantize", "int8", "--quant-rounding-samples", "0"])
     assert bad.exit_code == 2 and "--quant-rounding-samples" in bad.output
+
+
+@pytest.mark.parametrize("channels,block", [(16, 16), (24, 16), (12, 8)])
+@pytest.mark.parametrize("kernel,stride,pads", [((1, 1), (1, 1), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1, 1, 1))])
+def test_moments_from_blocked_activations(channels, block, kernel, stride, pads):
+    """Bias-correction means from onnxruntime's NCHWc layout equal those from NCHW (padding left out)."""
+    from onnxslim.calibration.collect import Blocked
+    from tests.quantization.test_histogram import nchwc
+
+    x = np.random.default_rng(channels).standard_normal((2, channels, 10, 9)).astype(np.float32) + 1.0
+    layout = InputLayout("x", 1, channels * kernel[0] * kernel[1], kernel, stride, pads, (1, 1))
+    plain, blocked = InputMoments(layout, outer=False), InputMoments(layout, outer=False)
+    plain.update(x, 0)
+    blocked.update(nchwc(x, block), 0, Blocked(channels, block))
+    assert blocked.count == plain.count
+    np.testing.assert_allclose(blocked.total, plain.total, rtol=1e-6, atol=1e-5)
