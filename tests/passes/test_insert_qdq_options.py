@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -58,6 +59,20 @@ def test_override_reaches_the_q_past_a_folded_relu(name):
     assert rows["r1"]["method"] == "minmax"
     assert rows["r1"]["range"][1] == pytest.approx(rows["r1"]["observed_max"])
     assert rows["r2"]["method"].startswith("percentile")
+
+
+def test_a_long_alternation_override_reaches_every_name_it_lists():
+    """A regex listing many names (escaped, with dots) gives each of them the method; the rest keep the default."""
+    _, plain = quantize(resnet_block(), method="mse")
+    names = sorted(tensor_rows(plain))
+    picked = names[::2]
+    pattern = "|".join(re.escape(n) for n in picked) + "|no\\.such\\.tensor\\.0" * 20  # long, with misses too
+    _, rec = quantize(resnet_block(), method="mse", overrides=(f"{pattern}=minmax",))
+    rows = tensor_rows(rec)
+    for name in names:
+        shares = any(rows[m]["group"] == rows[name]["group"] for m in picked)  # a shared scale follows its member
+        assert (rows[name]["method"] == "minmax") == shares, name
+    assert any(rows[n]["method"] == "mse" for n in names)
 
 
 def test_patterns_matching_nothing_warn_and_bad_regexes_fail(caplog):
