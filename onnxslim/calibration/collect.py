@@ -294,11 +294,13 @@ def _session(skeleton: onnx.ModelProto, opts: ort.SessionOptions) -> ort.Inferen
 
 
 def _may_block(skeleton: onnx.ModelProto, ext_values: list[np.ndarray]) -> bool:
-    """Worth a direct session: 2-D convolutions (what onnxruntime runs in NCHWc) and weights small
-    enough to write to a temporary file once."""
+    """Worth a direct session: 2-D convolutions with constant weights (what onnxruntime runs in
+    NCHWc; a 1-D or 3-D one stays NCHW) and weights small enough to write to a temporary file once."""
     if sum(v.nbytes for v in ext_values) > DIRECT_WEIGHT_LIMIT or skeleton.ByteSize() > DIRECT_WEIGHT_LIMIT:
         return False
-    return any(n.op_type == "Conv" and n.domain in ("", "ai.onnx") for n in skeleton.graph.node)
+    dims = {t.name: len(t.dims) for t in skeleton.graph.initializer}
+    return any(n.op_type == "Conv" and n.domain in ("", "ai.onnx") and len(n.input) > 1 and dims.get(n.input[1]) == 4
+               for n in skeleton.graph.node)
 
 
 def _unreorder_outputs(model: onnx.ModelProto, names: set[str]) -> dict[str, tuple[str, int]]:

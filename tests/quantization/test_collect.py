@@ -170,3 +170,16 @@ def test_no_direct_session_without_convolutions(monkeypatch):
     collector = ActivationCollector(model, ["h", "y"], threads=1, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                                     direct=True)
     assert collector.blocked == {}
+
+
+def test_no_direct_session_for_1d_convolutions(monkeypatch):
+    """onnxruntime runs only 2-D convolutions in NCHWc: a Conv1d model keeps the plain session."""
+    from onnxslim.calibration import collect
+
+    monkeypatch.setattr(collect.ActivationCollector, "_open_direct", lambda *a: pytest.fail("direct session attempted"))
+    w = np.random.default_rng(0).standard_normal((16, 8, 3)).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1]), helper.make_node("Relu", ["y"], ["r"])],
+                       [vi("x", ["n", 8, 32])], [vi("r", ["n", 16, 32])], [init("w", w)])
+    collector = ActivationCollector(model, ["y", "r"], threads=1, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                    direct=True)
+    assert collector.blocked == {}
