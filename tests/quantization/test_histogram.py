@@ -129,3 +129,17 @@ def test_blockwise_min_max_equals_numpy(size, bad):
     assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
     got = _min_max([x[:size // 2], x[size // 2:]])  # several parts: one min/max over all of them
     assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
+
+
+@pytest.mark.parametrize("cap", [0, 60])
+def test_blocked_activations_with_nonfinite_values(cap):
+    """NaN and inf in a padded NCHWc tensor: counted apart, left out of min/max and the histogram, as in NCHW."""
+    x = np.random.default_rng(4).standard_normal((2, 24, 5, 6)).astype(np.float32)
+    x[0, 3, 1, 2], x[1, 20, 4, 5], x[1, 0, 0, 0] = np.nan, np.inf, -np.inf
+    plain, blocked = TensorStats(256, sample_cap=cap), TensorStats(256, sample_cap=cap)
+    plain.update(x, rows=2)
+    blocked.update(nchwc(x, 16), rows=2, blocked=Blocked(24, 16))
+    assert blocked.nonfinite == plain.nonfinite == 3
+    assert (blocked.minimum, blocked.maximum, blocked.count) == (plain.minimum, plain.maximum, plain.count)
+    assert blocked.count == x.size - 3 and np.isfinite([blocked.minimum, blocked.maximum]).all()
+    assert np.array_equal(blocked.counts, plain.counts)
