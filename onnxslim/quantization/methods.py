@@ -112,7 +112,14 @@ def _threshold(edges: np.ndarray, counts: np.ndarray, method: MethodSpec, steps:
 def _candidate_edges(n: int, steps: int) -> np.ndarray:
     """Edge indices worth trying as thresholds: a geometric-ish sweep from n/64 to n."""
     low = max(1, n // 64)
-    return np.unique(np.linspace(low, n, num=min(n - low + 1, 256)).round().astype(int))
+    return rounded_grid(low, n, min(n - low + 1, 256))
+
+
+def rounded_grid(first: float, last: float, count: int) -> np.ndarray:
+    """The distinct integers nearest to ``count`` evenly spaced points from ``first`` to ``last``,
+    ascending. (Not ``np.unique``: its first call imports ``numpy.ma``, ~30 ms inside calibration.)"""
+    points = np.linspace(first, last, num=count).round().astype(np.int64)
+    return points[np.concatenate(([True], points[1:] != points[:-1]))] if points.size else points
 
 
 def _quantile(edges: np.ndarray, counts: np.ndarray, q: float) -> float:
@@ -208,14 +215,20 @@ class KLTable:
     extended precision, since the two sums nearly cancel.
     """
 
-    def __init__(self, counts: np.ndarray, atoms: np.ndarray | None = None):
+    def __init__(self, counts: np.ndarray, atoms: np.ndarray | None = None, extended: bool | None = None):
         self.h = h = np.asarray(counts, dtype=np.float64)
         self.a = a = np.zeros_like(h) if atoms is None else np.asarray(atoms, dtype=np.float64)
         self.total = total = h + a
-        self.mass, self.nonempty, self.atom_mass, self.xlogx = (
-            _prefix(v) for v in (h, h > 0, a, _xlogx(total)))
-        self.plain = _prefix(np.where(a > 0, 0.0, h))  # mass of the bins without an atom
-        self.tails = np.concatenate([np.cumsum(total[::-1], dtype=np.longdouble)[::-1], np.zeros(1, np.longdouble)])
+        # Sums of whole counts (what histograms hold) are exact in float64 below 2**53, and float64
+        # gathers run faster than extended ones; other counts keep extended precision throughout
+        # (``extended``: force one or the other; the x log x sums are always extended).
+        if extended is None:
+            extended = not (np.all(np.floor(total) == total) and np.all(h >= 0) and np.all(a >= 0) and total.sum() < 2.0**53)
+        counts_dtype = np.longdouble if extended else np.float64
+        self.mass, self.nonempty, self.atom_mass = (_prefix(v, counts_dtype) for v in (h, h > 0, a))
+        self.xlogx = _prefix(_xlogx(total))
+        self.plain = _prefix(np.where(a > 0, 0.0, h), counts_dtype)  # mass of the bins without an atom
+        self.tails = np.concatenate([np.cumsum(total[::-1], dtype=counts_dtype)[::-1], np.zeros(1, counts_dtype)])
         self.atoms_at = np.flatnonzero(a > 0)
 
     def divergences(self, candidates: np.ndarray, levels: int) -> np.ndarray:

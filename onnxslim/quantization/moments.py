@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 
 from onnxslim.calibration.collect import Blocked
 from onnxslim.graph import constant_value
+from onnxslim.quantization.methods import rounded_grid
 from onnxslim.quantization.plan import QuantPlan
 
 
@@ -164,7 +165,7 @@ def _strided_sums(x: np.ndarray, spans: list[slice], axis: int = -1) -> list[np.
 def _positions(total: int, cap: int) -> np.ndarray | slice:
     if cap <= 0 or total <= cap:
         return slice(None)
-    return np.unique(np.linspace(0, total - 1, cap).round().astype(np.int64))
+    return rounded_grid(0, total - 1, cap)
 
 
 def input_layout(node: gs.Node, slot: int) -> InputLayout | None:

@@ -314,3 +314,28 @@ def test_kl_on_sparse_histograms_with_atoms_matches_the_reference_loop(seed):
         assert np.array_equal(np.isinf(ours), np.isinf(ref))
         finite = ~np.isinf(ref)
         np.testing.assert_allclose(ours[finite], ref[finite], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_table_on_whole_counts_equals_its_extended_precision_self(seed):
+    """Whole counts (every histogram's) take float64 prefix sums: exact, so the divergences are the
+    extended-precision ones bit for bit, atoms included; fractional counts stay extended."""
+    from onnxslim.quantization.methods import KLTable, split_atoms
+
+    rng = np.random.default_rng(seed)
+    counts = np.floor(rng.exponential(2000.0, 3000) * np.exp(-np.arange(3000) / 700.0))
+    counts[::97] += 50000  # atoms
+    smooth, atoms = split_atoms(counts)
+    candidates = np.arange(128, 3001, 7)
+    fast, slow = KLTable(smooth, atoms), KLTable(smooth, atoms, extended=True)
+    assert fast.mass.dtype == np.float64 and slow.mass.dtype == np.longdouble
+    np.testing.assert_array_equal(fast.divergences(candidates, 128), slow.divergences(candidates, 128))
+    assert KLTable(counts + 0.25).mass.dtype == np.longdouble
+
+
+@pytest.mark.parametrize("first,last,count", [(1, 4096, 256), (0, 99, 256), (5, 5, 1), (1, 300, 256), (0, 12543, 256), (3, 10, 0)])
+def test_rounded_grid_is_the_unique_rounded_linspace(first, last, count):
+    from onnxslim.quantization.methods import rounded_grid
+
+    want = np.unique(np.linspace(first, last, count).round().astype(np.int64))
+    np.testing.assert_array_equal(rounded_grid(first, last, count), want)
