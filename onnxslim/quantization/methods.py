@@ -181,17 +181,29 @@ def entropy_threshold(edges: np.ndarray, counts: np.ndarray, levels: int = 128, 
 
 def split_atoms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(smooth counts, atom counts or None): each atom bin keeps its neighbours' median as its
-    smooth part, and the excess is its atom (see the module docstring)."""
+    smooth part, and the excess is its atom (see the module docstring).
+
+    The median of a window is at least its minimum, so a bin at or below ``ATOM_FACTOR`` times its
+    window's minimum plus ``ATOM_FLOOR`` is no atom: the median (a partial sort of the window) is
+    only taken for the other bins, a few in most histograms.
+    """
     counts = np.asarray(counts, dtype=np.float64)
     if len(counts) < ATOM_WINDOW:
         return counts, None
     half = ATOM_WINDOW // 2
     windows = np.lib.stride_tricks.sliding_window_view(np.pad(counts, half, mode="edge"), ATOM_WINDOW)
-    base = np.partition(windows, half, axis=1)[:, half]  # the median (the window's length is odd), without np.median's copies
-    atom = counts > ATOM_FACTOR * base + ATOM_FLOOR
+    maybe = np.flatnonzero(counts > ATOM_FACTOR * windows.min(axis=1) + ATOM_FLOOR)
+    if not maybe.size:
+        return counts, None
+    base = np.partition(windows[maybe], half, axis=1)[:, half]  # the median (the window's length is odd)
+    atom = counts[maybe] > ATOM_FACTOR * base + ATOM_FLOOR
     if not atom.any():
         return counts, None
-    return np.where(atom, base, counts), np.where(atom, counts - base, 0.0)
+    where, base = maybe[atom], base[atom]
+    smooth, atoms = counts.copy(), np.zeros_like(counts)
+    smooth[where] = base
+    atoms[where] = counts[where] - base
+    return smooth, atoms
 
 
 def kl_divergences(counts: np.ndarray, candidates: np.ndarray, levels: int, atoms: np.ndarray | None = None) -> np.ndarray:

@@ -339,3 +339,25 @@ def test_rounded_grid_is_the_unique_rounded_linspace(first, last, count):
 
     want = np.unique(np.linspace(first, last, count).round().astype(np.int64))
     np.testing.assert_array_equal(rounded_grid(first, last, count), want)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_atoms_equals_the_rolling_median_everywhere(seed):
+    """The window-minimum shortcut finds exactly the atoms (and bases) a median at every bin finds."""
+    from onnxslim.quantization.methods import ATOM_FACTOR, ATOM_FLOOR, ATOM_WINDOW, split_atoms
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(40, 5000))
+    counts = np.floor(rng.exponential(50.0 * (seed + 1), n) * np.exp(-np.arange(n) / (n / 4)))
+    counts[rng.integers(0, n, 12)] += rng.integers(1, 5000, 12)  # spikes of every size, some not atoms
+    counts[: n // 10] = 0 if seed % 2 else counts[: n // 10]  # an empty stretch: every spike next to it is a candidate
+    half = ATOM_WINDOW // 2
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(counts, half, mode="edge"), ATOM_WINDOW)
+    base = np.median(windows, axis=1)
+    atom = counts > ATOM_FACTOR * base + ATOM_FLOOR
+    smooth, atoms = split_atoms(counts)
+    if not atom.any():
+        assert atoms is None and np.array_equal(smooth, counts)
+        return
+    np.testing.assert_array_equal(smooth, np.where(atom, base, counts))
+    np.testing.assert_array_equal(atoms, np.where(atom, counts - base, 0.0))
