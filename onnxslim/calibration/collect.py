@@ -294,13 +294,20 @@ def _session(skeleton: onnx.ModelProto, opts: ort.SessionOptions) -> ort.Inferen
 
 
 def _may_block(skeleton: onnx.ModelProto, ext_values: list[np.ndarray]) -> bool:
-    """Worth a direct session: 2-D convolutions with constant weights (what onnxruntime runs in
-    NCHWc; a 1-D or 3-D one stays NCHW) and weights small enough to write to a temporary file once."""
+    """Worth a direct session: a convolutional net (2-D convolutions with constant weights, what
+    onnxruntime runs in NCHWc, hold at least half the weight bytes; a 1-D or 3-D one stays NCHW)
+    whose weights are small enough to write to a temporary file once. A transformer with a
+    convolutional stem (ViT's patch embedding) would pay for writing all its weights (1.1 s more
+    session time for ViT-B/16) to spare one reorder."""
     if sum(v.nbytes for v in ext_values) > DIRECT_WEIGHT_LIMIT or skeleton.ByteSize() > DIRECT_WEIGHT_LIMIT:
         return False
-    dims = {t.name: len(t.dims) for t in skeleton.graph.initializer}
-    return any(n.op_type == "Conv" and n.domain in ("", "ai.onnx") and len(n.input) > 1 and dims.get(n.input[1]) == 4
-               for n in skeleton.graph.node)
+    inits = {t.name: t for t in skeleton.graph.initializer if t.data_type in _NATIVE}
+    size = {name: math.prod(t.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            for name, t in inits.items()}
+    conv = sum(size[n.input[1]] for n in skeleton.graph.node
+               if n.op_type == "Conv" and n.domain in ("", "ai.onnx") and len(n.input) > 1
+               and n.input[1] in inits and len(inits[n.input[1]].dims) == 4)
+    return conv > 0 and 2 * conv >= sum(size.values())
 
 
 def _unreorder_outputs(model: onnx.ModelProto, names: set[str]) -> dict[str, tuple[str, int]]:

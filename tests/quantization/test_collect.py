@@ -183,3 +183,21 @@ def test_no_direct_session_for_1d_convolutions(monkeypatch):
     collector = ActivationCollector(model, ["y", "r"], threads=1, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                                     direct=True)
     assert collector.blocked == {}
+
+
+def test_no_direct_session_for_a_transformer_with_a_convolutional_stem(monkeypatch):
+    """A 2-D Conv holding a small share of the weights (ViT's patch embedding): writing every weight
+    to a file would cost more than the one reorder it spares."""
+    from onnxslim.calibration import collect
+
+    monkeypatch.setattr(collect.ActivationCollector, "_open_direct", lambda *a: pytest.fail("direct session attempted"))
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["p"], strides=[4, 4]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "m"], ["y"])]
+    inits = [init("w", rng.standard_normal((8, 3, 4, 4)).astype(np.float32)),  # 1.5 KB
+             init("m", rng.standard_normal((128, 256)).astype(np.float32))]  # 128 KB
+    model = make_model(nodes, [vi("x", ["n", 3, 16, 16])], [vi("y", ["n", 256])], inits)
+    collector = ActivationCollector(model, ["p", "y"], threads=1, optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                    direct=True)
+    assert collector.blocked == {}
