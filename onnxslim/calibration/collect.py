@@ -13,8 +13,8 @@ otherwise, so no shape inference runs here.
 
 Observed tensors without a reorder (``direct=True``): with ``ORT_ENABLE_ALL`` on x86, onnxruntime
 runs convolutions in its blocked NCHWc layout and puts a ``ReorderOutput`` (NCHWc -> NCHW) before
-every graph output, so that each observed activation costs a transposing copy (a third of the
-run time of MobileNetV2's calibration). A direct collector saves the session's optimized graph,
+every graph output, so that each observed activation costs a transposing copy (over a third of
+onnxruntime's time in MobileNetV2's calibration). A direct collector saves the session's optimized graph,
 makes the reorders' NCHWc inputs the outputs instead, and runs that graph: :meth:`run_raw` hands
 those tensors over in the blocked layout (:class:`Blocked` says how to read them; statistics
 that do not care about the order of values read them as they are), :meth:`run` unblocks them.
