@@ -201,15 +201,7 @@ class ActivationCollector:
         self.names = list(dict.fromkeys(tensor_names))
 
         def options(level: ort.GraphOptimizationLevel = optimization_level, skeleton: bool = True) -> ort.SessionOptions:
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = level
-            opts.log_severity_level = 4  # a failing run raises; its error is reported once, by the caller
-            opts.intra_op_num_threads = threads or usable_cores()
-            if not spinning:
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if skeleton and self._external:
-                opts.add_external_initializers(list(self._external), list(self._external.values()))
-            return opts
+            return _options(level, threads or usable_cores(), spinning, self._external if skeleton else None)
 
         skeleton, ext_names, ext_values = _augmented(model, self.names, weights)
         # onnxruntime reads these arrays for the session's lifetime: the collector keeps them.
@@ -233,33 +225,18 @@ class ActivationCollector:
     def _open_direct(self, skeleton: onnx.ModelProto, options: Callable[..., ort.SessionOptions]) -> None:
         """The session over onnxruntime's optimized graph with the output reorders taken out."""
         block = nchwc_block()
-        if not block:
+        found = _direct_session(skeleton, set(self.names), options) if block else None
+        if found is None:
             return
-        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
-            optimized = Path(tmp) / "optimized.onnx"
-            opts = options()
-            opts.optimized_model_filepath = str(optimized)
-            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
-            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                          str(INLINE_LIMIT))
-            _session(skeleton, opts)  # builds, writes the optimized graph, and is dropped
-            graph_model = onnx.load(str(optimized), load_external_data=False)
-            sources = _unreorder_outputs(graph_model, set(self.names))
-            if not sources:
-                return
-            onnx.save(graph_model, str(Path(tmp) / "direct.onnx"))
-            # The graph is optimized already; its weights are in optimized.data, not in self._external.
-            self.session = ort.InferenceSession(str(Path(tmp) / "direct.onnx"),
-                                               options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, skeleton=False),
-                                               providers=["CPUExecutionProvider"])
+        self.session, sources = found
         self.blocked = {name: Blocked(channels, block) for name, (_, channels) in sources.items()}
         self._fetch = [sources[name][0] if name in sources else name for name in self.names]
         self._external = {}  # the session holds its own weights
 
     def run_raw(self, feeds: Feeds) -> dict[str, np.ndarray]:
         """Activations of one batch, by name; those in :attr:`blocked` in their NCHWc layout."""
-        values = self.session.run(list(dict.fromkeys(self._fetch)), {k: v for k, v in feeds.items() if k in self.input_names})
-        by_fetch = dict(zip(dict.fromkeys(self._fetch), values))
+        fetch = list(dict.fromkeys(self._fetch))
+        by_fetch = dict(zip(fetch, self.session.run(fetch, {k: v for k, v in feeds.items() if k in self.input_names})))
         out = {name: by_fetch[fetch] for name, fetch in zip(self.names, self._fetch)}
         for name, layout in self.blocked.items():
             layout.check(out[name], name)
@@ -283,6 +260,43 @@ class ActivationCollector:
                 observe(name, value)
             seen += batch_rows(feeds)
         return seen
+
+
+def _options(level: ort.GraphOptimizationLevel, threads: int, spinning: bool = True,
+             external: Mapping[str, ort.OrtValue] | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    opts.log_severity_level = 4  # a failing run raises; its error is reported once, by the caller
+    opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if external:
+        opts.add_external_initializers(list(external), list(external.values()))
+    return opts
+
+
+def _direct_session(skeleton: onnx.ModelProto, names: set[str], options: Callable[..., ort.SessionOptions]
+                    ) -> tuple[ort.InferenceSession, dict[str, tuple[str, int]]] | None:
+    """A session over onnxruntime's optimized graph of ``skeleton`` (``options()``: ORT_ENABLE_ALL)
+    whose outputs in ``names`` come straight from their NCHWc sources (see _unreorder_outputs),
+    and the sources; None when no output has one."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        opts = options()
+        opts.optimized_model_filepath = str(optimized)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", str(INLINE_LIMIT))
+        _session(skeleton, opts)  # builds, writes the optimized graph, and is dropped
+        graph_model = onnx.load(str(optimized), load_external_data=False)
+        sources = _unreorder_outputs(graph_model, names)
+        if not sources:
+            return None
+        onnx.save(graph_model, str(Path(tmp) / "direct.onnx"))
+        # The graph is optimized already; its weights are in optimized.data, not among the skeleton's.
+        session = ort.InferenceSession(str(Path(tmp) / "direct.onnx"),
+                                       options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, skeleton=False),
+                                       providers=["CPUExecutionProvider"])
+    return session, sources
 
 
 def _session(skeleton: onnx.ModelProto, opts: ort.SessionOptions) -> ort.InferenceSession:
@@ -360,22 +374,16 @@ def nchwc_block() -> int:
         [helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, None)],
         [numpy_helper.from_array(rng.standard_normal((1, 32, 3, 3)).astype(np.float32), "w")]),
         opset_imports=[helper.make_opsetid("", 13)])
+
+    def options(level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, skeleton: bool = True):
+        return _options(level, 1)
+
     try:
-        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 4
-            opts.intra_op_num_threads = 1
-            opts.optimized_model_filepath = str(Path(tmp) / "probe.onnx")
-            ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            optimized = onnx.load(str(Path(tmp) / "probe.onnx"))
-        sources = _unreorder_outputs(optimized, {"r"})
-        if not sources:
+        found = _direct_session(model, {"r"}, options)
+        if found is None:
             return 0
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(optimized.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        (out,) = sess.run(None, {"x": np.ones((1, 32, 6, 6), np.float32)})
+        session, sources = found  # the probe's output straight from its NCHWc source
+        (out,) = session.run([sources["r"][0]], {"x": np.ones((1, 32, 6, 6), np.float32)})
         block = int(out.shape[1])
         return block if block > 1 and block & (block - 1) == 0 else 0
     except Exception as exc:

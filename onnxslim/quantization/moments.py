@@ -205,8 +205,14 @@ class InputMoments:
         with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN inputs: round_weight then skips the layer
             self._update(np.asarray(x, dtype=np.float32), per_sample, blocked)
 
+    @property
+    def reads_blocked(self) -> bool:
+        """The mean alone of a Conv input: summed over every position as the tensor lies, NCHWc or
+        not (patches and rows need the model's layout)."""
+        return self.outer is None and bool(self.layout.kernel)
+
     def _update(self, x: np.ndarray, per_sample: int, blocked: Blocked | None = None) -> None:
-        if self.outer is None and self.layout.kernel:  # the mean alone: every position, no patches built
+        if self.reads_blocked:  # the mean alone: every position, no patches built
             count, total = self.layout.patch_sums(x, blocked)
             self.count += count
             self.total += total
@@ -278,7 +284,7 @@ class MomentObserver:
     def observe(self, name: str, value: np.ndarray, blocked: Blocked | None = None) -> None:
         """A batch of ``name`` (``blocked``: in onnxruntime's NCHWc layout)."""
         accs = self.by_tensor.get(name, ())
-        if blocked is not None and any(a.outer is not None or not a.layout.kernel for a in accs):
+        if blocked is not None and not all(a.reads_blocked for a in accs):
             value, blocked = blocked.to_nchw(value), None  # patches need the model's layout: unblock once
         for acc in accs:
             acc.update(value, self._rows(acc.layout.width), blocked)
