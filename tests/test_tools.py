@@ -380,3 +380,15 @@ def test_model_data_calibration_seed_picks_another_draw_and_never_the_held_out_o
     np.testing.assert_array_equal(held["x"], held_other["x"])  # the held-out set never moves
     with pytest.raises(SystemExit, match="held-out draw"):
         bench_quant.model_data("ppocr_det", Path("zoo"), model, 2, 2, calib_seed=bench_quant.HELD_OUT_SEED)
+
+
+def test_bench_hands_a_suite_name_to_that_suite(monkeypatch):
+    import bench_quant
+
+    seen = []
+    monkeypatch.setattr(bench_quant, "main", lambda argv: seen.append(argv) or 7)
+    assert bench.main(["quant", "--models", "resnet50", "--runs", "3"]) == 7
+    assert seen == [["--models", "resnet50", "--runs", "3"]]
+    assert sorted(bench.SUITES) == ["prune", "quant", "svd", "targets"]
+    for module in bench.SUITES.values():
+        assert (TOOLS / f"{module}.py").is_file()

@@ -3,6 +3,7 @@
     python tools/bench.py --setup                         # create the peers' venvs, then exit
     python tools/bench.py --quick --md bench.md           # smoke run on a few small models
     python tools/bench.py [MODEL ...] [--zoo zoo] [--tools ours,onnxsim] --md bench.md --json bench.json
+    python tools/bench.py quant|prune|svd|targets [ARGS ...]   # the lossy features' benches (see SUITES)
 
 MODEL is a path to an .onnx file or a file name in the zoo (``resnet50.dynamo``); by default,
 every model in the zoo. For each model and tool the table gives the output's node count, the
@@ -289,7 +290,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# The lossy features' benches, each side by side with its peer in one run: ``bench.py quant ...``
+# is ``bench_quant.py ...`` (INT8 vs ORT's quantize_static), and so on.
+SUITES = {"quant": "bench_quant", "prune": "bench_prune", "svd": "bench_svd", "targets": "bench_targets"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUITES:
+        import importlib
+
+        suite = importlib.import_module(SUITES[argv[0]])
+        return suite.main(argv[1:])
     opts = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
