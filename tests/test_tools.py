@@ -392,3 +392,25 @@ def test_bench_hands_a_suite_name_to_that_suite(monkeypatch):
     assert sorted(bench.SUITES) == ["prune", "quant", "svd", "targets"]
     for module in bench.SUITES.values():
         assert (TOOLS / f"{module}.py").is_file()
+
+
+def test_calib_speed_floor_reruns_the_captured_loop_with_free_statistics(monkeypatch):
+    import calib_speed
+
+    import onnxslim.passes.insert_qdq as pass_module
+    from onnxslim.calibration.data import synthetic
+    from onnxslim.quantization import histogram
+    from tests.quantization.test_collect import small_net
+
+    model = small_net()
+    box: dict = {}
+    with calib_speed.captured_collection(box):
+        stats, seen = pass_module.collect_stats(model, ["y"], synthetic(model, 6, seed=1), batch_size=2)
+    assert pass_module.collect_stats is not None and "capture" not in pass_module.collect_stats.__name__
+    assert seen == 6 and stats["y"].count == 6 * 8
+    calls = []
+    original = histogram.TensorStats.update
+    monkeypatch.setattr(histogram.TensorStats, "update", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    counting = histogram.TensorStats.update
+    assert calib_speed.floor_seconds(box) > 0
+    assert calls == [] and histogram.TensorStats.update is counting  # no update ran; the real one is back

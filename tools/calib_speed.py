@@ -22,7 +22,10 @@ summed over both lanes and the parts add up to more than the wall time). The cal
 includes the method's range search (the pass's ``range_seconds``). ``--batched`` also times
 plain inference in batches of the collector's size (the
 ``calib_batch_size`` stage value, else the quantize options' default), same session settings, and
-prints that ratio too ("ratio @bs"); the batch-1 ratio stays the one issue 3 asks about.
+prints that ratio too ("ratio @bs"); the batch-1 ratio stays the one issue 3 asks about. ``--floor``
+re-runs each pair's calibration loop with the statistics made free (TensorStats.update a no-op, no
+riders): session creation, data reading and onnxruntime's runs with the observed outputs, the part
+of the ratio that no statistics code can take away.
 """
 
 from __future__ import annotations
@@ -119,6 +122,40 @@ class Breakdown:
             yield self
 
 
+@contextlib.contextmanager
+def captured_collection(box: dict):
+    """Keep the arguments of the pass's ``collect_stats`` call (for :func:`floor_seconds`)."""
+    import onnxslim.passes.insert_qdq as pass_module
+
+    original = pass_module.collect_stats
+
+    def capture(*args, **kwargs):
+        box["args"], box["kwargs"] = args, kwargs
+        return original(*args, **kwargs)
+
+    pass_module.collect_stats = capture
+    try:
+        yield box
+    finally:
+        pass_module.collect_stats = original
+
+
+def floor_seconds(box: dict) -> float:
+    """The captured calibration loop again with free statistics: session creation, data reading and
+    onnxruntime's runs with every observed tensor as an output, no TensorStats update, no riders
+    (bias-correction moments). What calibration would take if the statistics cost nothing."""
+    from onnxslim.quantization import calibrate, histogram
+
+    original = histogram.TensorStats.update
+    histogram.TensorStats.update = lambda self, *args, **kwargs: None
+    try:
+        start = time.perf_counter()
+        calibrate.collect_stats(*box["args"], **{**box["kwargs"], "riders": []})
+        return time.perf_counter() - start
+    finally:
+        histogram.TensorStats.update = original
+
+
 def calibrate_once(model_path: str, folder: Path, method: str, out: Path, extra: dict) -> tuple[float, dict]:
     from onnxslim.api import optimize_file
 
@@ -143,7 +180,7 @@ def run_model(name: str, args, work: Path) -> list[dict]:
     bench_quant.save_folder(calib, folder)
     rows = []
     for method in args.methods:
-        pairs, parts, loads, batched, dropped = [], [], [], [], 0
+        pairs, parts, loads, batched, floors, dropped = [], [], [], [], [], 0
         for _ in range(args.repeat * (1 + args.retries)):
             if len(pairs) == args.repeat:
                 break
@@ -152,11 +189,15 @@ def run_model(name: str, args, work: Path) -> list[dict]:
                 plain_bs = bench_quant.plain_inference_seconds(path, calib, args.threads, collector_batch(args.stage)) if args.batched else None
             gc.collect()
             br = Breakdown()
-            with ForeignLoad() as calib_load, (br.active() if args.breakdown else contextlib.nullcontext()):
+            box: dict = {}
+            with ForeignLoad() as calib_load, (br.active() if args.breakdown else contextlib.nullcontext()), captured_collection(box):
                 calib_s, counters = calibrate_once(path, folder, method, work / f"{name}-{method}.onnx", args.stage)
             if max(plain_load.cores, calib_load.cores) > args.max_foreign_load and args.retries:
                 dropped += 1
                 continue
+            if args.floor:
+                gc.collect()
+                floors.append(floor_seconds(box))
             pairs.append((plain, calib_s))
             batched.append(plain_bs)
             parts.append(br.seconds)
@@ -175,6 +216,8 @@ def run_model(name: str, args, work: Path) -> list[dict]:
             at_bs = [c / b for (_, c), b in zip(pairs, batched)]
             row.update({"batch": collector_batch(args.stage), "plain_batched_s": batched[i], "ratio_at_batch": statistics.median(at_bs),
                         "ratios_at_batch": at_bs})
+        if args.floor:
+            row.update({"floor_s": floors[i], "floor_ratio": floors[i] / pairs[i][0], "floor_ratios": [f / p for (p, _), f in zip(pairs, floors)]})
         if args.breakdown:
             b = parts[i]
             row["breakdown"] = {k: round(v, 3) for k, v in b.items()}
@@ -192,15 +235,19 @@ def _stage_value(item: str) -> tuple[str, object]:
 
 def table(rows: list[dict], breakdown: bool) -> str:
     batched = any("ratio_at_batch" in r for r in rows)
+    floor = any("floor_ratio" in r for r in rows)
     head = "| model | method | plain s | calib s | ratio (median) | all ratios | foreign load |"
     head += " batch | plain s @bs | ratio @bs |" if batched else ""
+    head += " floor s | floor ratio |" if floor else ""
     extra = " session | ort | stats | data | ranges | other |" if breakdown else ""
-    lines = [head + extra, "|" + "---|" * (7 + (3 if batched else 0) + (6 if breakdown else 0))]
+    lines = [head + extra, "|" + "---|" * (7 + (3 if batched else 0) + (2 if floor else 0) + (6 if breakdown else 0))]
     for r in rows:
         line = (f"| {r['model']} | {r['method']} | {r['plain_s']:.2f} | {r['calib_s']:.2f} | {r['ratio']:.2f} "
                 f"| {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['foreign_load']:.2f} |")
         if batched:
             line += f" {r['batch']} | {r['plain_batched_s']:.2f} | {r['ratio_at_batch']:.2f} |"
+        if floor:
+            line += f" {r['floor_s']:.2f} | {r['floor_ratio']:.2f} |"
         if breakdown:
             b = {**r["breakdown"], "ranges": r.get("range_s") or 0.0}
             parts = ("session", "ort", "stats", "data", "ranges")
@@ -221,6 +268,8 @@ def main(argv=None) -> int:
                    help="extra quantize stage value, e.g. quant_bias_correction=false (click parameter names)")
     p.add_argument("--breakdown", action="store_true", help="time session creation, ORT runs, statistics, data loading")
     p.add_argument("--batched", action="store_true", help="also time plain inference at the collector's batch size")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the calibration loop with free statistics (no TensorStats update, no riders)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
