@@ -191,10 +191,11 @@ def split_atoms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if len(counts) < ATOM_WINDOW:
         return counts, None
     half = ATOM_WINDOW // 2
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(counts, half, mode="edge"), ATOM_WINDOW)
-    maybe = np.flatnonzero(counts > ATOM_FACTOR * windows.min(axis=1) + ATOM_FLOOR)
+    padded = np.pad(counts, half, mode="edge")
+    maybe = np.flatnonzero(counts > ATOM_FACTOR * _window_min(padded, ATOM_WINDOW) + ATOM_FLOOR)
     if not maybe.size:
         return counts, None
+    windows = np.lib.stride_tricks.sliding_window_view(padded, ATOM_WINDOW)
     base = np.partition(windows[maybe], half, axis=1)[:, half]  # the median (the window's length is odd)
     atom = counts[maybe] > ATOM_FACTOR * base + ATOM_FLOOR
     if not atom.any():
@@ -204,6 +205,16 @@ def split_atoms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     smooth[where] = base
     atoms[where] = counts[where] - base
     return smooth, atoms
+
+
+def _window_min(x: np.ndarray, k: int) -> np.ndarray:
+    """``min(x[i : i + k])`` for each ``i`` in ``0 .. len(x) - k``, by doubling spans (log2(k)
+    passes over ``x`` instead of ``k``)."""
+    out, span = x, 1
+    while 2 * span <= k:
+        out, span = np.minimum(out[:-span], out[span:]), 2 * span  # out[i]: min of x[i : i + 2 * span]
+    count = len(x) - k + 1
+    return out[:count] if span == k else np.minimum(out[:count], out[k - span : k - span + count])
 
 
 def kl_divergences(counts: np.ndarray, candidates: np.ndarray, levels: int, atoms: np.ndarray | None = None) -> np.ndarray:
@@ -237,9 +248,13 @@ class KLTable:
         if extended is None:
             extended = not (np.all(np.floor(total) == total) and np.all(h >= 0) and np.all(a >= 0) and total.sum() < 2.0**53)
         counts_dtype = np.longdouble if extended else np.float64
-        self.mass, self.nonempty, self.atom_mass = (_prefix(v, counts_dtype) for v in (h, h > 0, a))
+        self.mass, self.nonempty = _prefix(h, counts_dtype), _prefix(h > 0, counts_dtype)
+        if atoms is None:  # (the same sums as below, without summing zeros)
+            self.atom_mass, self.plain = np.zeros(len(h) + 1, counts_dtype), self.mass
+        else:
+            self.atom_mass = _prefix(a, counts_dtype)
+            self.plain = _prefix(np.where(a > 0, 0.0, h), counts_dtype)  # mass of the bins without an atom
         self.xlogx = _prefix(_xlogx(total))
-        self.plain = _prefix(np.where(a > 0, 0.0, h), counts_dtype)  # mass of the bins without an atom
         self.tails = np.concatenate([np.cumsum(total[::-1], dtype=counts_dtype)[::-1], np.zeros(1, counts_dtype)])
         self.atoms_at = np.flatnonzero(a > 0)
 
@@ -250,24 +265,29 @@ class KLTable:
         if big_t <= 0:
             return np.zeros(len(cand))
         width = cand // levels  # >= 1: candidates start at ``levels``
+        # Every group but the last depends on the width alone, which many candidates share: those
+        # groups are priced once per width (rows of ``per_width``), the last once per candidate.
+        widths, row = _distinct(width)
         g = np.arange(levels)
-        lo = width[:, None] * g
-        hi = np.where(g < levels - 1, width[:, None] * (g + 1), cand[:, None])
-        gsum = (self.mass[hi] - self.mass[lo]).astype(np.float64)
-        gnnz = (self.nonempty[hi] - self.nonempty[lo]).astype(np.float64)
-        mean = np.where(gnnz > 0, gsum / np.maximum(gnnz, 1.0), 0.0)
-        log_mean = np.log(np.where(mean > 0, mean, 1.0))
+        mean, log_mean = self._group_means(widths[:, None] * g, widths[:, None] * (g + 1))
+        # Bins below the last one: a group other than the last ends at or before the last bin.
+        per_width = (self.plain[widths[:, None] * (g + 1)] - self.plain[widths[:, None] * g]).astype(np.float64) * log_mean
         last = cand - 1
-        upto = np.minimum(hi, last[:, None])  # bins below the last one
-        cross = ((self.plain[upto] - self.plain[np.minimum(lo, upto)]).astype(np.float64) * log_mean).sum(axis=1)
+        first_of_last = width * (levels - 1)
+        mean_last, log_mean_last = self._group_means(first_of_last, cand)
+        terms = per_width[row]
+        terms[:, -1] = (self.plain[last] - self.plain[np.minimum(first_of_last, last)]).astype(np.float64) * log_mean_last
+        cross = terms.sum(axis=1)
         where = self.atoms_at
         if where.size:  # bins with an atom, below the last bin: q = (group mean if h > 0) + atom
+            means = mean[row]
+            means[:, -1] = mean_last
             below = where[None, :] < last[:, None]
             group = np.minimum(where[None, :] // width[:, None], levels - 1)
-            q = np.where(h[where] > 0, mean[np.arange(len(cand))[:, None], group], 0.0) + a[where]
+            q = np.where(h[where] > 0, means[np.arange(len(cand))[:, None], group], 0.0) + a[where]
             cross += np.where(below, total[where] * np.log(q), 0.0).sum(axis=1)
         p_last = (total[last] + self.tails[cand]).astype(np.float64)
-        q_last = np.where(h[last] > 0, mean[:, levels - 1], 0.0) + a[last]
+        q_last = np.where(h[last] > 0, mean_last, 0.0) + a[last]
         cross += np.where((p_last > 0) & (q_last > 0), p_last * np.log(np.where(q_last > 0, q_last, 1.0)), 0.0)
         own = self.xlogx[last] + _xlogx(p_last)
         big_q = (self.mass[cand] + self.atom_mass[cand]).astype(np.float64)
@@ -275,6 +295,23 @@ class KLTable:
         kl = np.maximum(kl, 0.0)  # (rounding near a perfect fit)
         kl[(p_last > 0) & (q_last <= 0)] = np.inf
         return kl
+
+    def _group_means(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean of the non-empty bins, its log; 0 and 0 for an empty group) of bins ``[lo, hi)``."""
+        gsum = (self.mass[hi] - self.mass[lo]).astype(np.float64)
+        gnnz = (self.nonempty[hi] - self.nonempty[lo]).astype(np.float64)
+        mean = np.where(gnnz > 0, gsum / np.maximum(gnnz, 1.0), 0.0)
+        return mean, np.log(np.where(mean > 0, mean, 1.0))
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, index of each value among them), without ``np.unique``'s sort when
+    ``values`` is already sorted (candidate lists are)."""
+    if values.size and np.all(values[1:] >= values[:-1]):
+        new = np.concatenate([[True], values[1:] != values[:-1]])
+        return values[new], np.cumsum(new) - 1
+    distinct = np.array(sorted(set(values.tolist())), dtype=values.dtype)
+    return distinct, np.searchsorted(distinct, values)
 
 
 def _prefix(values: np.ndarray, dtype=np.longdouble) -> np.ndarray:

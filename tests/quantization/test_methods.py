@@ -361,3 +361,34 @@ def test_split_atoms_equals_the_rolling_median_everywhere(seed):
         return
     np.testing.assert_array_equal(smooth, np.where(atom, base, counts))
     np.testing.assert_array_equal(atoms, np.where(atom, counts - base, 0.0))
+
+
+@pytest.mark.parametrize("n", [1, 5, 33, 34, 100, 4129])
+def test_window_min_is_the_sliding_window_minimum(n):
+    from onnxslim.quantization.methods import _window_min
+
+    x = np.random.default_rng(n).random(n)
+    for k in (1, 2, 3, 4, 7, 8, 16, 33):
+        if k <= n:
+            np.testing.assert_array_equal(_window_min(x, k), np.lib.stride_tricks.sliding_window_view(x, k).min(axis=1))
+
+
+@pytest.mark.parametrize("atoms", [False, True])
+def test_kl_divergences_do_not_depend_on_which_candidates_come_along(atoms):
+    """Groups are priced once per width and shared by the candidates of that width: each candidate's
+    divergence is bit for bit what it gets alone, in any order and with repeats."""
+    from onnxslim.quantization.methods import KLTable, split_atoms
+
+    rng = np.random.default_rng(3)
+    counts = np.floor(5000.0 * np.exp(-np.arange(2500) / 600.0)) + rng.integers(0, 3, 2500)
+    if atoms:
+        counts[::131] += 20000
+    smooth, extra = split_atoms(counts)
+    assert (extra is not None) == atoms
+    table = KLTable(smooth, extra)
+    candidates = np.arange(128, 2501, 17)
+    together = table.divergences(candidates, 128)
+    alone = np.array([table.divergences(np.array([i]), 128)[0] for i in candidates])
+    np.testing.assert_array_equal(together, alone)
+    shuffled = rng.permutation(np.concatenate([candidates, candidates[::5]]))
+    np.testing.assert_array_equal(table.divergences(shuffled, 128), np.array([alone[(i - 128) // 17] for i in shuffled]))
