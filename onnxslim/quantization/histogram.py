@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from onnxslim.calibration.collect import Blocked
 
 MIN_EXPONENT = -120  # grids finer than 2**-120 are never needed (values that small are zeros)
+_TWO_TO_23_BITS = 0x4B000000  # float32 2**23 as int32 bits
 MIN_MAX_BLOCK = 1 << 18  # values per block of _min_max: 1 MB, read from memory once and from cache once
 
 
@@ -165,8 +166,19 @@ class TensorStats:
         # 2**-e is a normal float32 for every grid a float32 value needs (e from MIN_EXPONENT to 120).
         scaled = np.multiply(x, np.float32(math.ldexp(1.0, -self.exponent)), dtype=np.float32).reshape(-1)
         np.floor(scaled, out=scaled)
-        scaled += self.half
-        np.add.at(self.counts, scaled.astype(np.intp), 1)  # unlike bincount, no extra pass for the bounds
+        if len(self.counts) > 1 << 22:  # (a grid wider than any --calib-bins allows)
+            scaled += self.half
+            np.add.at(self.counts, scaled.astype(np.intp), 1)
+            return
+        # The index k + H is a whole number below 2**22: plus 2**23 it is exact in float32, and the
+        # float's low 23 bits are the index (cheaper than a float-to-int conversion).
+        scaled += np.float32(self.half + (1 << 23))
+        index = scaled.view(np.int32)
+        index -= _TWO_TO_23_BITS
+        if index.size >= len(self.counts):
+            self.counts += np.bincount(index, minlength=len(self.counts))
+        else:  # few values: no pass over every counter
+            np.add.at(self.counts, index, 1)
 
     # ---------------------------------------------------------------------------------------
     # Combining

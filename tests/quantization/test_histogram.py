@@ -143,3 +143,13 @@ def test_blocked_activations_with_nonfinite_values(cap):
     assert (blocked.minimum, blocked.maximum, blocked.count) == (plain.minimum, plain.maximum, plain.count)
     assert blocked.count == x.size - 3 and np.isfinite([blocked.minimum, blocked.maximum]).all()
     assert np.array_equal(blocked.counts, plain.counts)
+
+
+@pytest.mark.parametrize("bins,size", [(128, 10), (128, 5000), (2048, 100), (2048, 100_000), ((1 << 20) + 8, 30_000)])
+def test_each_way_of_counting_equals_the_reference(bins, size):
+    """Few values (np.add.at), many values (bincount) and grids too wide for the float32 index trick
+    (float-to-int conversion) count the same."""
+    x = mixed(size, seed=size)
+    s = TensorStats(bins)
+    s.update(x)
+    assert len(s.counts) == 4 * bins and np.array_equal(s.counts, reference_counts(x, s))
