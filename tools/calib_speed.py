@@ -17,7 +17,8 @@ ratios over several repeats. To compare with another tree, run this file with
 resolve inside it). ``--stage KEY=VALUE`` adds a quantize stage value (e.g.
 ``quant_bias_correction=false``). ``--breakdown`` splits calibration into session creation,
 onnxruntime runs, statistics (TensorStats.update), data loading and the rest, by timing wrappers
-set from here (calibration runs two lanes at once, so onnxruntime and statistics seconds are
+set from here (the statistics split into exact min/max and histogram updates; calibration runs
+two lanes at once, so onnxruntime and statistics seconds are
 summed over both lanes and the parts add up to more than the wall time). The calibration time
 includes the method's range search (the pass's ``range_seconds``). ``--batched`` also times
 plain inference in batches of the collector's size (the
@@ -102,6 +103,8 @@ class Breakdown:
             self._wrap(calibrate, "make_collector", "session", stack)
             self._wrap(collect.ActivationCollector, "run_raw", "ort", stack)
             self._wrap(histogram.TensorStats, "update", "stats", stack)
+            self._wrap(histogram, "_min_max", "min/max", stack)  # parts of "stats"
+            self._wrap(histogram.TensorStats, "_add", "histogram", stack)
             self._wrap(data, "_stack", "data", stack)
             for src in ("_npz_loader",):
                 loader = getattr(data, src)
@@ -239,8 +242,8 @@ def table(rows: list[dict], breakdown: bool) -> str:
     head = "| model | method | plain s | calib s | ratio (median) | all ratios | foreign load |"
     head += " batch | plain s @bs | ratio @bs |" if batched else ""
     head += " floor s | floor ratio |" if floor else ""
-    extra = " session | ort | stats | data | ranges | other |" if breakdown else ""
-    lines = [head + extra, "|" + "---|" * (7 + (3 if batched else 0) + (2 if floor else 0) + (6 if breakdown else 0))]
+    extra = " session | ort | stats | (min/max | histogram) | data | ranges | other |" if breakdown else ""
+    lines = [head + extra, "|" + "---|" * (7 + (3 if batched else 0) + (2 if floor else 0) + (8 if breakdown else 0))]
     for r in rows:
         line = (f"| {r['model']} | {r['method']} | {r['plain_s']:.2f} | {r['calib_s']:.2f} | {r['ratio']:.2f} "
                 f"| {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['foreign_load']:.2f} |")
@@ -252,7 +255,8 @@ def table(rows: list[dict], breakdown: bool) -> str:
             b = {**r["breakdown"], "ranges": r.get("range_s") or 0.0}
             parts = ("session", "ort", "stats", "data", "ranges")
             other = r["calib_s"] - sum(b.get(k, 0.0) for k in parts)
-            line += "".join(f" {b.get(k, 0.0):.2f} |" for k in parts) + f" {other:.2f} |"
+            shown = ("session", "ort", "stats", "min/max", "histogram", "data", "ranges")
+            line += "".join(f" {b.get(k, 0.0):.2f} |" for k in shown) + f" {other:.2f} |"
         lines.append(line)
     return "\n".join(lines)
 
