@@ -414,3 +414,19 @@ def test_calib_speed_floor_reruns_the_captured_loop_with_free_statistics(monkeyp
     counting = histogram.TensorStats.update
     assert calib_speed.floor_seconds(box) > 0
     assert calls == [] and histogram.TensorStats.update is counting  # no update ran; the real one is back
+
+
+def test_range_speed_fingerprints_the_ranges_it_times():
+    import range_speed
+
+    from onnxslim.quantization.histogram import TensorStats
+
+    rng = np.random.default_rng(0)
+    stats = {}
+    for name, values in (("relu", np.maximum(rng.standard_normal(50_000), 0)), ("signed", rng.laplace(size=50_000))):
+        stats[name] = TensorStats(512)
+        stats[name].update(values.astype(np.float32))
+    seconds, fingerprint = range_speed.time_ranges(stats, "entropy", 2)
+    assert seconds > 0 and len(fingerprint) == 16
+    assert range_speed.time_ranges(stats, "entropy", 1)[1] == fingerprint  # the same ranges every time
+    assert range_speed.time_ranges(stats, "minmax", 1)[1] != fingerprint
