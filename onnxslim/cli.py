@@ -29,7 +29,7 @@ from onnxslim.reporting import failif
 from onnxslim.reporting.charts import require_matplotlib
 from onnxslim.reporting.html import write_html
 from onnxslim.stages.prune import prune_file
-from onnxslim.stats import ModelStats, compute as compute_stats, human, human_bytes
+from onnxslim.stats import compute as compute_stats, human, human_bytes
 
 EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -16,7 +16,6 @@ of different scales weigh alike; a unit's score is the sum over its elements.
 from __future__ import annotations
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from onnxslim.graph import constant_value
 from onnxslim.pruning.groups import ChannelGraph

@@ -17,7 +17,7 @@ from onnxslim.graph import NameScope, constant_value, make_constant, opset
 from onnxslim.pruning.base import static_dim, tensor_rank
 from onnxslim.pruning.groups import ChannelGraph
 from onnxslim.pruning.params import param_slices
-from onnxslim.pruning.shape_ops import slice_params, split_sizes
+from onnxslim.pruning.shape_ops import slice_params
 
 
 class Masks:

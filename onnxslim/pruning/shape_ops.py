@@ -12,7 +12,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_value, is_constant, opset
+from onnxslim.graph import is_constant, opset
 from onnxslim.pruning.base import Blocked, Link, const_ints, identity, is_var, node_axes, static_dim, tensor_rank
 
 

@@ -14,8 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxslim.calibration import ActivationCollector, CalibrationSet, load_calibration, synthetic
-from onnxslim.calibration.data import InputSpec
+from onnxslim.calibration import ActivationCollector, load_calibration, synthetic
 from onnxslim.errors import UsageError
 from onnxslim.quantization.calibrate import Rider, collect_stats, merged
 from onnxslim.quantization.histogram import TensorStats

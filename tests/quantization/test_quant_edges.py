@@ -3,7 +3,6 @@ hand-made mutant of the source changed without any other test noticing."""
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import onnx
@@ -11,7 +10,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper
 
-from onnxslim.errors import PassFailedError, UsageError
+from onnxslim.errors import UsageError
 from onnxslim.quantization.emit import activation_params, quantize_weight
 from onnxslim.quantization.histogram import TensorStats
 from onnxslim.quantization.methods import MethodSpec, entropy_threshold, select_range
