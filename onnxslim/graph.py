@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 # gs logs at WARNING for things we handle ourselves (e.g. duplicate names we report).
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
+DEFAULT_DOMAINS = (None, "", "ai.onnx")  # the domain of a standard ONNX operator, however a model spells it
+
+
+class Reject(Exception):
+    """A rewrite's candidate does not match; the message says why (passes hand it to ``ctx.decline``)."""
+
 
 # --------------------------------------------------------------------------------------------
 # Model <-> Graph

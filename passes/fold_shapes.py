@@ -20,11 +20,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, opset, producer
+from onnxslim.graph import DEFAULT_DOMAINS, NameScope, constant_value, opset, producer
 from onnxslim.passes.fold_constants import replace_with_constant
 from onnxslim.pipeline import Pass, PassContext, PassResult
-
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
 
 
 def _is_static(dim) -> bool:
@@ -60,7 +58,7 @@ class FoldShapes(Pass):
         version = opset(graph)
         counters = {"shapes_folded": 0, "sizes_folded": 0, "gathers_folded": 0, "slices_folded": 0}
         for node in list(graph.nodes):
-            if node.domain not in _DEFAULT_DOMAINS or len(node.outputs) != 1 or not node.inputs:
+            if node.domain not in DEFAULT_DOMAINS or len(node.outputs) != 1 or not node.inputs:
                 continue
             if node.op == "Shape":
                 value, key = self._shape(node), "shapes_folded"
@@ -96,7 +94,7 @@ class FoldShapes(Pass):
     def _shape_source(tensor: gs.Tensor) -> list | None:
         """The dims behind ``tensor`` when it is a default-domain Shape's output."""
         node = producer(tensor)
-        if node is None or node.op != "Shape" or node.domain not in _DEFAULT_DOMAINS:
+        if node is None or node.op != "Shape" or node.domain not in DEFAULT_DOMAINS:
             return None
         return shape_dims(node)
 

@@ -32,7 +32,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.graph import (
+    DEFAULT_DOMAINS,
     NameScope,
+    Reject,
     channel_vector,
     constant_value,
     detach,
@@ -44,12 +46,7 @@ from onnxslim.graph import (
 )
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
 _AFFINE_OPS = ("Mul", "Add", "Sub")
-
-
-class _Reject(Exception):
-    """A candidate does not match; the message says why (for ctx.decline)."""
 
 
 class FuseConvAffine(Pass):
@@ -61,10 +58,10 @@ class FuseConvAffine(Pass):
         folder = _Folder(graph, NameScope(graph))
         counters: dict[str, int] = {}
         for node in list(graph.nodes):
-            if node.op not in ("Conv", "Gemm", "MatMul") or node.domain not in _DEFAULT_DOMAINS or not node.outputs:
+            if node.op not in ("Conv", "Gemm", "MatMul") or node.domain not in DEFAULT_DOMAINS or not node.outputs:
                 continue
             while (nxt := folder.sole_reader(node.outputs[0])) is not None:
-                if nxt.op not in _AFFINE_OPS or nxt.domain not in _DEFAULT_DOMAINS:
+                if nxt.op not in _AFFINE_OPS or nxt.domain not in DEFAULT_DOMAINS:
                     break
                 if node.op == "MatMul" and nxt.op != "Mul":
                     break  # MatMul + Add is fuse_gemm's rewrite
@@ -72,7 +69,7 @@ class FuseConvAffine(Pass):
                     break  # e.g. a residual Add: not a candidate, so not a declined rewrite (--strict)
                 try:
                     kind = folder.fold(node, nxt)
-                except _Reject as why:
+                except Reject as why:
                     ctx.decline(self.name, where=nxt.name, reason=f"{node.op} -> {nxt.op}: {why}")
                     break
                 counters[kind] = counters.get(kind, 0) + 1
@@ -92,14 +89,14 @@ class _Folder:
     def fold(self, node: gs.Node, affine: gs.Node) -> str:
         y = node.outputs[0]
         if len(affine.inputs) != 2:
-            raise _Reject("expected two inputs")
+            raise Reject("expected two inputs")
         operand_first = affine.inputs[1] is y
         other = affine.inputs[0] if operand_first else affine.inputs[1]
         k = constant_value(other)
         if other is y or k is None:
-            raise _Reject("other operand is not constant")
+            raise Reject("other operand is not constant")
         if k.dtype.kind != "f":
-            raise _Reject("constant is not floating point")
+            raise Reject("constant is not floating point")
         negate = affine.op == "Sub" and operand_first  # k - y
         if affine.op == "Sub" and not negate:
             k = -k.astype(np.float64)
@@ -119,11 +116,11 @@ class _Folder:
     def _fold_conv(self, conv: gs.Node, op: str, k: np.ndarray, negate: bool) -> str:
         weight = constant_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
         if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
-            raise _Reject("Conv weight is not a constant float tensor")
+            raise Reject("Conv weight is not a constant float tensor")
         channels = weight.shape[0]
         vec = channel_vector(k, weight.ndim, 1, channels)
         if vec is None:
-            raise _Reject(f"constant of shape {list(k.shape)} is not per output channel")
+            raise Reject(f"constant of shape {list(k.shape)} is not per output channel")
         bias = _optional_constant(conv, 2, "Conv bias")
         w64 = weight.astype(np.float64)
         b64 = np.zeros(channels) if bias is None else bias
@@ -149,7 +146,7 @@ class _Folder:
         columns = weight.shape[0] if trans_b else weight.shape[1]
         vec = channel_vector(k, 2, 1, columns)
         if vec is None:
-            raise _Reject(f"constant of shape {list(k.shape)} is not per output column")
+            raise Reject(f"constant of shape {list(k.shape)} is not per output column")
         c = _optional_constant(gemm, 2, "Gemm C")
         beta = float(gemm.attrs.get("beta", 1.0))
         bc = None if c is None or beta == 0.0 else beta * c  # what the Gemm adds today
@@ -170,14 +167,14 @@ class _Folder:
 
     def _fold_matmul(self, mm: gs.Node, op: str, k: np.ndarray) -> str:
         if op != "Mul":
-            raise _Reject("only Mul folds into a MatMul (Add is fuse_gemm's rewrite)")
+            raise Reject("only Mul folds into a MatMul (Add is fuse_gemm's rewrite)")
         weight = _weight_2d(mm)
         out_rank = rank(mm.outputs[0]) or rank(mm.inputs[0])  # A's rank is the output's for a 2-D B
         if out_rank is None:
             out_rank = 1  # unknown: only [N], [1] and scalars are known not to grow the output
         vec = channel_vector(k, out_rank, out_rank - 1, weight.shape[1])
         if vec is None:
-            raise _Reject(f"constant of shape {list(k.shape)} is not per output column (output rank {out_rank})")
+            raise Reject(f"constant of shape {list(k.shape)} is not per output column (output rank {out_rank})")
         mm.inputs[1] = make_constant(self.scope, (mm.name or "matmul") + "_weight", (weight * vec[None, :]).astype(weight.dtype))
         return "matmul_mul"
 
@@ -185,7 +182,7 @@ class _Folder:
 def _weight_2d(node: gs.Node) -> np.ndarray:
     weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if weight is None or weight.ndim != 2 or weight.dtype.kind != "f":
-        raise _Reject(f"{node.op} weight is not a constant 2-D float tensor")
+        raise Reject(f"{node.op} weight is not a constant 2-D float tensor")
     return weight
 
 
@@ -196,5 +193,5 @@ def _optional_constant(node: gs.Node, index: int, what: str) -> np.ndarray | Non
         return None
     value = constant_value(tensor)
     if value is None:
-        raise _Reject(f"{what} is not constant")
+        raise Reject(f"{what} is not constant")
     return value.astype(np.float64)

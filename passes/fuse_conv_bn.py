@@ -39,7 +39,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.graph import (
+    DEFAULT_DOMAINS,
     NameScope,
+    Reject,
     constant_value,
     detach,
     make_constant,
@@ -52,12 +54,6 @@ from onnxslim.graph import (
 )
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
-
-
-class _Reject(Exception):
-    """A candidate does not match; the message says why (for ctx.decline)."""
-
 
 class FuseConvBn(Pass):
     """Fold inference BatchNormalization into an adjacent Conv, ConvTranspose, Gemm or MatMul."""
@@ -69,11 +65,11 @@ class FuseConvBn(Pass):
         folder = _Folder(graph, scope)
         counters: dict[str, int] = {}
         for node in list(graph.nodes):
-            if node.op != "BatchNormalization" or node.domain not in _DEFAULT_DOMAINS or not node.outputs:
+            if node.op != "BatchNormalization" or node.domain not in DEFAULT_DOMAINS or not node.outputs:
                 continue
             try:
                 kind = folder.fold(node)
-            except _Reject as why:
+            except Reject as why:
                 ctx.decline(self.name, where=node.name, reason=str(why))
                 continue
             counters[kind] = counters.get(kind, 0) + 1
@@ -97,44 +93,44 @@ class _Folder:
         x = bn.inputs[0]
         prev = producer(x)
         reasons = []
-        if prev is not None and self._sole_reader(x) is bn and prev.domain in _DEFAULT_DOMAINS:
+        if prev is not None and self._sole_reader(x) is bn and prev.domain in DEFAULT_DOMAINS:
             try:
                 if prev.op in ("Conv", "ConvTranspose"):
                     return self._into_conv(prev, bn, s, t)
                 if prev.op in ("Gemm", "MatMul"):
                     return self._into_gemm(prev, bn, s, t)
                 reasons.append(f"producer is {prev.op}")
-            except _Reject as why:
+            except Reject as why:
                 reasons.append(f"preceding {prev.op}: {why}")
         else:
             reasons.append("no single-use producer")
         nxt = self._sole_reader(bn.outputs[0])
-        if nxt is not None and nxt.op == "Conv" and nxt.domain in _DEFAULT_DOMAINS:
+        if nxt is not None and nxt.op == "Conv" and nxt.domain in DEFAULT_DOMAINS:
             try:
                 return self._into_following_conv(bn, nxt, s, t)
-            except _Reject as why:
+            except Reject as why:
                 reasons.append(f"following Conv: {why}")
-        raise _Reject("standalone BatchNormalization: " + "; ".join(reasons))
+        raise Reject("standalone BatchNormalization: " + "; ".join(reasons))
 
     def _bn_affine(self, bn: gs.Node) -> tuple[np.ndarray, np.ndarray]:
-        """(s, t) in float64 for an inference-mode BN, or raise _Reject."""
+        """(s, t) in float64 for an inference-mode BN, or raise Reject."""
         if bn.attrs.get("training_mode", 0):
-            raise _Reject("training_mode=1")
+            raise Reject("training_mode=1")
         if self.opset < 7 and not bn.attrs.get("is_test", 0):
-            raise _Reject("is_test=0 (training mode)")
+            raise Reject("is_test=0 (training mode)")
         if not bn.attrs.get("spatial", 1):
-            raise _Reject("spatial=0 (per-element statistics)")
+            raise Reject("spatial=0 (per-element statistics)")
         if any(out.name for out in bn.outputs[1:]):
-            raise _Reject("optional statistics outputs are present (training mode)")
+            raise Reject("optional statistics outputs are present (training mode)")
         if len(bn.inputs) != 5:
-            raise _Reject("expected 5 inputs")
+            raise Reject("expected 5 inputs")
         params = [constant_value(tensor) for tensor in bn.inputs[1:]]
         if any(p is None for p in params):
-            raise _Reject("scale, B, mean or var is not constant")
+            raise Reject("scale, B, mean or var is not constant")
         if any(p.ndim != 1 or p.shape != params[0].shape for p in params):
-            raise _Reject("statistics are not 1-D tensors of one length")
+            raise Reject("statistics are not 1-D tensors of one length")
         if any(p.dtype.kind != "f" for p in params):
-            raise _Reject("statistics are not floating point")
+            raise Reject("statistics are not floating point")
         gamma, beta, mean, var = (p.astype(np.float64) for p in params)
         eps = float(bn.attrs.get("epsilon", 1e-5))
         s = gamma / np.sqrt(var + eps)
@@ -151,7 +147,7 @@ class _Folder:
         transposed = conv.op == "ConvTranspose"
         channels = weight.shape[1] * group if transposed else weight.shape[0]
         if channels != s.size:
-            raise _Reject(f"{s.size} BN channels but {channels} output channels")
+            raise Reject(f"{s.size} BN channels but {channels} output channels")
         new_w = _scale_output_channels(weight.astype(np.float64), s, group, transposed)
         new_b = t if bias is None else bias * s + t  # (b - mean) * s + beta
         self._set_conv_params(conv, new_w, new_b, weight.dtype)
@@ -162,14 +158,14 @@ class _Folder:
         x = bn.inputs[0]
         a = mm.inputs[0]
         if mm.op == "MatMul" and rank(x) != 2 and rank(a) != 2:
-            raise _Reject("activation is not known to be 2-D")
+            raise Reject("activation is not known to be 2-D")
         weight = constant_value(mm.inputs[1]) if len(mm.inputs) > 1 else None
         if weight is None or weight.ndim != 2 or weight.dtype.kind != "f":
-            raise _Reject("weight is not a constant 2-D float tensor")
+            raise Reject("weight is not a constant 2-D float tensor")
         trans_b = mm.op == "Gemm" and bool(mm.attrs.get("transB", 0))
         columns = weight.shape[0] if trans_b else weight.shape[1]
         if columns != s.size:
-            raise _Reject(f"{s.size} BN channels but {columns} output columns")
+            raise Reject(f"{s.size} BN channels but {columns} output columns")
         scale = s[:, None] if trans_b else s[None, :]
         new_w = (weight.astype(np.float64) * scale).astype(weight.dtype)
         bias = t
@@ -177,7 +173,7 @@ class _Folder:
             given = optional_input(mm, 2)
             c = None if given is None else constant_value(given)
             if given is not None and c is None:
-                raise _Reject("Gemm C is not constant")
+                raise Reject("Gemm C is not constant")
             beta = float(mm.attrs.get("beta", 1.0))
             if c is not None and beta != 0.0:
                 bias = beta * c.astype(np.float64) * s + t
@@ -202,14 +198,14 @@ class _Folder:
 
     def _into_following_conv(self, bn: gs.Node, conv: gs.Node, s: np.ndarray, t: np.ndarray) -> str:
         if conv.inputs[0] is not bn.outputs[0]:
-            raise _Reject("BN output is not the Conv's data input")
+            raise Reject("BN output is not the Conv's data input")
         if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            raise _Reject(f"auto_pad={conv.attrs['auto_pad']}")
+            raise Reject(f"auto_pad={conv.attrs['auto_pad']}")
         if any(int(p) != 0 for p in conv.attrs.get("pads", ())):
-            raise _Reject("Conv pads are not zero (border windows would differ)")
+            raise Reject("Conv pads are not zero (border windows would differ)")
         weight, bias, group = _conv_params(conv)
         if weight.shape[1] * group != s.size:
-            raise _Reject(f"{s.size} BN channels but {weight.shape[1] * group} input channels")
+            raise Reject(f"{s.size} BN channels but {weight.shape[1] * group} input channels")
         new_w, shift = input_affine_into_conv(weight, group, s, t)
         new_b = shift if bias is None else bias + shift
         self._set_conv_params(conv, new_w, new_b, weight.dtype)
@@ -249,14 +245,14 @@ def _conv_params(conv: gs.Node) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Constant float weight, float64 bias (None when absent) and group of a Conv/ConvTranspose."""
     weight = constant_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
     if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
-        raise _Reject("weight is not a constant float tensor")
+        raise Reject("weight is not a constant float tensor")
     group = int(conv.attrs.get("group", 1))
     if group < 1 or weight.shape[0] % group:
-        raise _Reject(f"group={group} does not divide the weight's first dimension")
+        raise Reject(f"group={group} does not divide the weight's first dimension")
     given = optional_input(conv, 2)
     bias = None if given is None else constant_value(given)
     if given is not None and bias is None:
-        raise _Reject("bias is not constant")
+        raise Reject("bias is not constant")
     return weight, None if bias is None else bias.astype(np.float64), group
 
 

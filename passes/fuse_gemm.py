@@ -18,10 +18,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, opset, rank
+from onnxslim.graph import DEFAULT_DOMAINS, NameScope, constant_value, detach, opset, rank
 from onnxslim.pipeline import Pass, PassContext, PassResult
-
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
 
 
 class FuseGemm(Pass):
@@ -36,14 +34,14 @@ class FuseGemm(Pass):
         legacy_broadcast = opset(graph) < 7  # Gemm-1/6 broadcast C only with broadcast=1
         fused = 0
         for mm in list(graph.nodes):
-            if mm.op != "MatMul" or mm.domain not in _DEFAULT_DOMAINS or len(mm.outputs) != 1:
+            if mm.op != "MatMul" or mm.domain not in DEFAULT_DOMAINS or len(mm.outputs) != 1:
                 continue
             y = mm.outputs[0]
             readers = {id(n): n for n in y.outputs}
             if id(y) in output_ids or len(readers) != 1:
                 continue
             (add,) = readers.values()
-            if add.op != "Add" or add.domain not in _DEFAULT_DOMAINS or id(add) not in local:
+            if add.op != "Add" or add.domain not in DEFAULT_DOMAINS or id(add) not in local:
                 continue
             reason = _check(mm, add)
             if reason:

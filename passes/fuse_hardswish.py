@@ -32,10 +32,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, opset, producer, rank, sole_reader
+from onnxslim.graph import DEFAULT_DOMAINS, NameScope, constant_value, detach, opset, producer, rank, sole_reader
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
 _FLOATS = (np.float16, np.float32)  # onnxruntime has no double HardSigmoid/HardSwish kernel
 _SIXTH = 1.0 / 6.0
 HARDSWISH_OPSET = 14
@@ -93,7 +92,7 @@ class _Matcher:
         self.created: list[gs.Node] = []  # HardSigmoid/HardSwish nodes made by this run
 
     def is_local(self, node: gs.Node) -> bool:
-        return id(node) in self.local and node.domain in _DEFAULT_DOMAINS and len(node.outputs) == 1
+        return id(node) in self.local and node.domain in DEFAULT_DOMAINS and len(node.outputs) == 1
 
     def _only_reader(self, tensor: gs.Tensor, node: gs.Node) -> bool:
         return sole_reader(tensor, self.local, self.outputs) is node

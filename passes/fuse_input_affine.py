@@ -35,7 +35,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxslim.graph import (
+    DEFAULT_DOMAINS,
     NameScope,
+    Reject,
     channel_vector,
     constant_value,
     detach,
@@ -48,12 +50,7 @@ from onnxslim.graph import (
 from onnxslim.passes.fuse_conv_bn import input_affine_into_conv
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
 _AFFINE_OPS = ("Mul", "Add", "Sub")
-
-
-class _Reject(Exception):
-    """A candidate does not match; the message says why (for ctx.decline)."""
 
 
 class FuseInputAffine(Pass):
@@ -67,17 +64,17 @@ class FuseInputAffine(Pass):
         output_ids = {id(t) for t in graph.outputs}
         counters: dict[str, int] = {}
         for conv in list(graph.nodes):
-            if conv.op != "Conv" or conv.domain not in _DEFAULT_DOMAINS or not conv.inputs:
+            if conv.op != "Conv" or conv.domain not in DEFAULT_DOMAINS or not conv.inputs:
                 continue
             while (affine := producer(conv.inputs[0])) is not None:
-                if (affine.op not in _AFFINE_OPS or affine.domain not in _DEFAULT_DOMAINS or id(affine) not in local
+                if (affine.op not in _AFFINE_OPS or affine.domain not in DEFAULT_DOMAINS or id(affine) not in local
                         or sole_reader(conv.inputs[0], local, output_ids) is not conv):
                     break
                 if len(affine.inputs) != 2 or sum(constant_value(t) is not None for t in affine.inputs) != 1:
                     break  # a residual Add, say: not a candidate, so not a declined rewrite (--strict)
                 try:
                     kind = _fold(conv, affine, scope)
-                except _Reject as why:
+                except Reject as why:
                     ctx.decline(self.name, where=affine.name, reason=f"{affine.op} -> Conv: {why}")
                     break
                 counters[kind] = counters.get(kind, 0) + 1
@@ -89,20 +86,20 @@ def _fold(conv: gs.Node, affine: gs.Node, scope: NameScope) -> str:
     operand_first = values[0] is not None
     x, k = (affine.inputs[1], values[0]) if operand_first else (affine.inputs[0], values[1])
     if k.dtype.kind != "f":
-        raise _Reject("constant is not floating point")
+        raise Reject("constant is not floating point")
     weight = constant_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
     if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
-        raise _Reject("Conv weight is not a constant float tensor")
+        raise Reject("Conv weight is not a constant float tensor")
     group = int(conv.attrs.get("group", 1))
     channels = weight.shape[1] * group
     vec = channel_vector(k, weight.ndim, 1, channels)
     if vec is None:
-        raise _Reject(f"constant of shape {list(k.shape)} is not per input channel")
+        raise Reject(f"constant of shape {list(k.shape)} is not per input channel")
     if affine.op == "Mul":
         scale, shift = vec, None
     else:
         if not _pads_nothing(conv):
-            raise _Reject("the Conv pads its input (an added constant does not commute with zero padding)")
+            raise Reject("the Conv pads its input (an added constant does not commute with zero padding)")
         if affine.op == "Sub" and operand_first:  # k - x = x * -1 + k
             scale, shift = -np.ones_like(vec), vec
         else:
@@ -125,7 +122,7 @@ def _bias(conv: gs.Node, out_channels: int) -> np.ndarray:
         return np.zeros(out_channels)
     value = constant_value(given)
     if value is None:
-        raise _Reject("Conv bias is not constant")
+        raise Reject("Conv bias is not constant")
     return value.astype(np.float64)
 
 

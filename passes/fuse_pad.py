@@ -25,10 +25,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_value, rank
+from onnxslim.graph import DEFAULT_DOMAINS, Reject, constant_value, rank
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
 _COUNTERS = {"Conv": "into_conv", "AveragePool": "into_average_pool"}
 
 
@@ -42,18 +41,18 @@ class FusePad(Pass):
         output_ids = {id(t) for t in graph.outputs}
         counters: dict[str, int] = {}
         for pad in list(graph.nodes):
-            if pad.op != "Pad" or pad.domain not in _DEFAULT_DOMAINS or len(pad.outputs) != 1 or not pad.inputs:
+            if pad.op != "Pad" or pad.domain not in DEFAULT_DOMAINS or len(pad.outputs) != 1 or not pad.inputs:
                 continue
             y = pad.outputs[0]
             readers = {id(n): n for n in y.outputs}
             if id(y) in output_ids or len(readers) != 1:
                 continue
             (node,) = readers.values()
-            if node.op not in _COUNTERS or node.domain not in _DEFAULT_DOMAINS or id(node) not in local:
+            if node.op not in _COUNTERS or node.domain not in DEFAULT_DOMAINS or id(node) not in local:
                 continue
             try:
                 new_pads = _merged_pads(pad, node)
-            except _Reject as why:
+            except Reject as why:
                 ctx.decline(self.name, where=pad.name, reason=f"Pad -> {node.op}: {why}")
                 continue
             node.attrs["pads"] = new_pads
@@ -63,51 +62,47 @@ class FusePad(Pass):
         return PassResult(changed=bool(counters), counters=counters)
 
 
-class _Reject(Exception):
-    """A candidate does not match; the message says why (for ctx.decline)."""
-
-
 def _merged_pads(pad: gs.Node, node: gs.Node) -> list[int]:
-    """The consumer's new ``pads`` attribute, or raise _Reject."""
+    """The consumer's new ``pads`` attribute, or raise Reject."""
     if node.inputs[0] is not pad.outputs[0]:
-        raise _Reject("Pad output is not the data input")
+        raise Reject("Pad output is not the data input")
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
     if auto_pad not in ("NOTSET", "VALID"):
-        raise _Reject(f"auto_pad={auto_pad}")
+        raise Reject(f"auto_pad={auto_pad}")
     if node.op == "Conv":
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         data_rank = rank(weight) if weight is not None else None
         data_rank = data_rank or rank(pad.outputs[0]) or rank(pad.inputs[0])
     else:
         if not node.attrs.get("count_include_pad", 0):
-            raise _Reject("count_include_pad=0 (padding would not be averaged in)")
+            raise Reject("count_include_pad=0 (padding would not be averaged in)")
         if node.attrs.get("ceil_mode", 0):
-            raise _Reject("ceil_mode=1")
+            raise Reject("ceil_mode=1")
         data_rank = len(node.attrs["kernel_shape"]) + 2 if "kernel_shape" in node.attrs else None
     if data_rank is None or data_rank < 3:
-        raise _Reject("rank of the padded tensor unknown")
+        raise Reject("rank of the padded tensor unknown")
     begins, ends = _pad_amounts(pad, data_rank)
     if any(begins[:2]) or any(ends[:2]):
-        raise _Reject("batch or channel dimension padded")
+        raise Reject("batch or channel dimension padded")
     spatial = data_rank - 2
     old = [int(p) for p in node.attrs.get("pads", [0] * (2 * spatial))] if auto_pad == "NOTSET" else [0] * (2 * spatial)
     if len(old) != 2 * spatial:
-        raise _Reject(f"{node.op} pads has {len(old)} values for {spatial} spatial dims")
+        raise Reject(f"{node.op} pads has {len(old)} values for {spatial} spatial dims")
     merged = [old[i] + begins[2 + i] for i in range(spatial)] + [old[spatial + i] + ends[2 + i] for i in range(spatial)]
     if node.op == "AveragePool":
         kernel = [int(k) for k in node.attrs["kernel_shape"]] * 2
         if any(p >= k for p, k in zip(merged, kernel)):
-            raise _Reject("merged pads would not be smaller than the kernel (onnxruntime rejects that)")
+            raise Reject("merged pads would not be smaller than the kernel (onnxruntime rejects that)")
     return merged
 
 
 def _pad_amounts(pad: gs.Node, data_rank: int) -> tuple[list[int], list[int]]:
-    """Per-dimension (begins, ends) of a zero constant Pad, or raise _Reject."""
+    """Per-dimension (begins, ends) of a zero constant Pad, or raise Reject."""
     mode = pad.attrs.get("mode", "constant")
     if isinstance(mode, bytes):
         mode = mode.decode()
     if mode != "constant":
-        raise _Reject(f"mode={mode}")
+        raise Reject(f"mode={mode}")
     axes = None
     if "pads" in pad.attrs or "paddings" in pad.attrs:  # opset < 11
         pads = np.asarray(pad.attrs.get("pads", pad.attrs.get("paddings")), dtype=np.int64)
@@ -115,19 +110,19 @@ def _pad_amounts(pad: gs.Node, data_rank: int) -> tuple[list[int], list[int]]:
     else:
         pads = _optional_input(pad, 1)
         if pads is None:
-            raise _Reject("pads is not constant")
+            raise Reject("pads is not constant")
         value = _optional_input(pad, 2)
         axes = _optional_input(pad, 3)
     if value is not None and np.any(value != 0):
-        raise _Reject("pad value is not 0")
+        raise Reject("pad value is not 0")
     pads = pads.astype(np.int64).reshape(-1)
     if axes is None:
         axes = np.arange(data_rank)
     axes = [int(a) + data_rank if int(a) < 0 else int(a) for a in axes.reshape(-1)]
     if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes) or any(not 0 <= a < data_rank for a in axes):
-        raise _Reject("pads do not match the padded tensor's rank")
+        raise Reject("pads do not match the padded tensor's rank")
     if np.any(pads < 0):
-        raise _Reject("negative pads (cropping)")
+        raise Reject("negative pads (cropping)")
     begins, ends = [0] * data_rank, [0] * data_rank
     for i, axis in enumerate(axes):
         begins[axis], ends[axis] = int(pads[i]), int(pads[len(axes) + i])
@@ -135,10 +130,10 @@ def _pad_amounts(pad: gs.Node, data_rank: int) -> tuple[list[int], list[int]]:
 
 
 def _optional_input(node: gs.Node, index: int) -> np.ndarray | None:
-    """Value of optional input ``index``: None when absent; _Reject when present but not constant."""
+    """Value of optional input ``index``: None when absent; Reject when present but not constant."""
     if len(node.inputs) <= index or not node.inputs[index].name:
         return None
     value = constant_value(node.inputs[index])
     if value is None:
-        raise _Reject(f"input {index} of Pad is not constant")
+        raise Reject(f"input {index} of Pad is not constant")
     return value

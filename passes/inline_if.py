@@ -44,12 +44,11 @@ from typing import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import constant_value, graphs_under, iter_subgraphs, producer
+from onnxslim.graph import DEFAULT_DOMAINS, constant_value, graphs_under, iter_subgraphs, producer
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
 
 # Inputs that ONNX shape inference requires to be rank 0 once they are constants (and onnxruntime
 # checks at load time), while the kernels accept any one-element tensor.
@@ -133,7 +132,7 @@ class InlineIf(Pass):
         index = 0
         while index < len(graph.nodes):
             node = graph.nodes[index]
-            if node.op == "If" and node.domain in _DEFAULT_DOMAINS and self._inline(graph, index, node, chain, ctx):
+            if node.op == "If" and node.domain in DEFAULT_DOMAINS and self._inline(graph, index, node, chain, ctx):
                 continue  # the spliced nodes start at ``index``: scan them too
             index += 1
         for node in graph.nodes:
@@ -251,7 +250,7 @@ class InlineIf(Pass):
         onnxruntime's kernel takes), as in ONNX's own AffineGrid function body."""
         for y, o in zip(node.outputs, branch.outputs):
             for reader in y.outputs:
-                if reader.op not in _SCALAR_INPUTS or reader.domain not in _DEFAULT_DOMAINS:
+                if reader.op not in _SCALAR_INPUTS or reader.domain not in DEFAULT_DOMAINS:
                     continue
                 slots = [i for i, t in enumerate(reader.inputs) if t is y and i in _SCALAR_INPUTS[reader.op]]
                 shape = o.shape if o.shape is not None else y.shape

@@ -35,12 +35,11 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, make_constant, make_node, producer
+from onnxslim.graph import DEFAULT_DOMAINS, NameScope, constant_value, make_constant, make_node, producer
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 MAX_CHANNELS = 4  # beyond a few channels the im2col pieces are long enough; the rewrite would only add MACs
 MIN_KERNEL = 5  # single-layer timing, 224x224 input, 1 thread: 3x3 gains nothing, 5x5 and 7x7 run ~30% faster
-_DEFAULT_DOMAINS = (None, "", "ai.onnx")
 
 
 class SpaceToDepthStem(Pass):
@@ -51,7 +50,7 @@ class SpaceToDepthStem(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         scope = NameScope(graph)
         rewritten = 0
-        for conv in [n for n in graph.nodes if n.op == "Conv" and n.domain in _DEFAULT_DOMAINS]:
+        for conv in [n for n in graph.nodes if n.op == "Conv" and n.domain in DEFAULT_DOMAINS]:
             try:
                 plan = _match(conv)
             except _Reject as why:

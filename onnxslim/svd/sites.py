@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, detach, make_constant, optional_input
+from onnxslim.graph import DEFAULT_DOMAINS, NameScope, constant_value, detach, make_constant, optional_input
 
-DEFAULT_DOMAINS = (None, "", "ai.onnx")
 Layout = tuple  # ("last",) | ("first",) | ("penultimate",) | ("channels", strides or None)
 
 
