@@ -481,6 +481,18 @@ def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
     return node.inputs[index]
 
 
+def optional_constant(node: gs.Node, index: int, what: str) -> np.ndarray | None:
+    """The float64 value of optional input ``index`` (a bias, Gemm's C); None when the node leaves it
+    out. Raises :class:`Reject` ("``what`` is not constant") when it is computed at run time."""
+    tensor = optional_input(node, index)
+    if tensor is None:
+        return None
+    value = constant_value(tensor)
+    if value is None:
+        raise Reject(f"{what} is not constant")
+    return value.astype(np.float64)
+
+
 def set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
     """Make ``tensor`` the node's input ``index``: replaced when present, appended when it is next."""
     if len(node.inputs) > index:

@@ -39,7 +39,7 @@ from onnxslim.graph import (
     constant_value,
     detach,
     make_constant,
-    optional_input,
+    optional_constant,
     rank,
     set_input,
     sole_reader,
@@ -121,7 +121,7 @@ class _Folder:
         vec = channel_vector(k, weight.ndim, 1, channels)
         if vec is None:
             raise Reject(f"constant of shape {list(k.shape)} is not per output channel")
-        bias = _optional_constant(conv, 2, "Conv bias")
+        bias = optional_constant(conv, 2, "Conv bias")
         w64 = weight.astype(np.float64)
         b64 = np.zeros(channels) if bias is None else bias
         if op == "Mul":
@@ -147,7 +147,7 @@ class _Folder:
         vec = channel_vector(k, 2, 1, columns)
         if vec is None:
             raise Reject(f"constant of shape {list(k.shape)} is not per output column")
-        c = _optional_constant(gemm, 2, "Gemm C")
+        c = optional_constant(gemm, 2, "Gemm C")
         beta = float(gemm.attrs.get("beta", 1.0))
         bc = None if c is None or beta == 0.0 else beta * c  # what the Gemm adds today
         base = gemm.name or "gemm"
@@ -184,14 +184,3 @@ def _weight_2d(node: gs.Node) -> np.ndarray:
     if weight is None or weight.ndim != 2 or weight.dtype.kind != "f":
         raise Reject(f"{node.op} weight is not a constant 2-D float tensor")
     return weight
-
-
-def _optional_constant(node: gs.Node, index: int, what: str) -> np.ndarray | None:
-    """Float64 value of optional input ``index`` (None when absent); rejects a non-constant."""
-    tensor = optional_input(node, index)
-    if tensor is None:
-        return None
-    value = constant_value(tensor)
-    if value is None:
-        raise Reject(f"{what} is not constant")
-    return value.astype(np.float64)

@@ -46,6 +46,7 @@ from onnxslim.graph import (
     detach,
     make_constant,
     opset,
+    optional_constant,
     optional_input,
     producer,
     rank,
@@ -249,11 +250,7 @@ def _conv_params(conv: gs.Node) -> tuple[np.ndarray, np.ndarray | None, int]:
     group = int(conv.attrs.get("group", 1))
     if group < 1 or weight.shape[0] % group:
         raise Reject(f"group={group} does not divide the weight's first dimension")
-    given = optional_input(conv, 2)
-    bias = None if given is None else constant_value(given)
-    if given is not None and bias is None:
-        raise Reject("bias is not constant")
-    return weight, None if bias is None else bias.astype(np.float64), group
+    return weight, optional_constant(conv, 2, "bias"), group
 
 
 def _scale_output_channels(weight: np.ndarray, s: np.ndarray, group: int, transposed: bool) -> np.ndarray:

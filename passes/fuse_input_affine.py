@@ -42,7 +42,7 @@ from onnxslim.graph import (
     constant_value,
     detach,
     make_constant,
-    optional_input,
+    optional_constant,
     producer,
     set_input,
     sole_reader,
@@ -117,13 +117,8 @@ def _fold(conv: gs.Node, affine: gs.Node, scope: NameScope) -> str:
 
 
 def _bias(conv: gs.Node, out_channels: int) -> np.ndarray:
-    given = optional_input(conv, 2)
-    if given is None:
-        return np.zeros(out_channels)
-    value = constant_value(given)
-    if value is None:
-        raise Reject("Conv bias is not constant")
-    return value.astype(np.float64)
+    bias = optional_constant(conv, 2, "Conv bias")
+    return np.zeros(out_channels) if bias is None else bias
 
 
 def _pads_nothing(conv: gs.Node) -> bool:

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import NameScope, constant_value, make_constant, make_node, optional_input, set_input
+from onnxslim.graph import (
+    NameScope,
+    Reject,
+    constant_value,
+    make_constant,
+    make_node,
+    optional_constant,
+    set_input,
+)
 
 RIDGES = (1e-3, 1e-2, 1e-1)
 
@@ -49,9 +57,9 @@ def dense_consumer(node: gs.Node) -> Layer | None:
     if w is None or np.asarray(w).dtype.kind != "f":
         return None
     w = np.asarray(w, dtype=np.float64)
-    given = optional_input(node, 2)
-    b = None if given is None else constant_value(given)
-    if given is not None and b is None:  # a bias computed at run time
+    try:
+        b = optional_constant(node, 2, "bias")
+    except Reject:  # a bias computed at run time
         return None
     if node.op == "Conv":
         if int(node.attrs.get("group", 1)) != 1 or w.ndim != 4:

@@ -27,7 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import DEFAULT_DOMAINS, NameScope, constant_value, detach, make_constant, optional_input
+from onnxslim.graph import (
+    DEFAULT_DOMAINS,
+    NameScope,
+    Reject,
+    constant_value,
+    detach,
+    make_constant,
+    optional_constant,
+    optional_input,
+)
 
 Layout = tuple  # ("last",) | ("first",) | ("penultimate",) | ("channels", strides or None)
 
@@ -139,11 +148,10 @@ def _conv(node: gs.Node, graph_opset: int, spatial: bool) -> Site | str | None:
         return None
     if int(node.attrs.get("group", 1)) != 1:
         return f"grouped Conv (group={node.attrs.get('group')})"
-    given = optional_input(node, 2)
-    bias = None if given is None else constant_value(given)
-    if given is not None and bias is None:
-        return "Conv bias is not constant"
-    bias = None if bias is None else bias.astype(np.float64)
+    try:
+        bias = optional_constant(node, 2, "Conv bias")
+    except Reject as why:
+        return str(why)
     cout, cin = int(w.shape[0]), int(w.shape[1])
     if pointwise:
         pads = node.attrs.get("pads")

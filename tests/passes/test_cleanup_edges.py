@@ -560,6 +560,19 @@ def test_optional_input_is_none_when_missing_or_named_empty():
     assert optional_input(empty, 2) is None and optional_input(short, 2) is None and optional_input(short, 5) is None
 
 
+def test_optional_constant_is_the_float64_value_none_when_absent_and_rejects_a_runtime_bias():
+    from onnxslim.graph import Reject, optional_constant
+
+    x, w = gs.Variable("x"), gs.Constant("w", np.ones((2, 1, 1, 1), np.float32))
+    b = gs.Constant("b", np.array([0.5, -1.25], np.float32))
+    with_bias, empty, computed = (gs.Node("Conv", inputs=ins) for ins in ([x, w, b], [x, w, gs.Variable("")], [x, w, gs.Variable("r")]))
+    value = optional_constant(with_bias, 2, "Conv bias")
+    assert value.dtype == np.float64 and value.tolist() == [0.5, -1.25]
+    assert optional_constant(empty, 2, "Conv bias") is None and optional_constant(gs.Node("Conv", inputs=[x, w]), 2, "bias") is None
+    with pytest.raises(Reject, match="^Conv bias is not constant$"):
+        optional_constant(computed, 2, "Conv bias")
+
+
 @pytest.mark.parametrize("passes, affine", [("fuse_conv_affine", "after"), ("fuse_input_affine", "before"), ("fuse_conv_bn", "bn")])
 def test_conv_with_an_empty_bias_name_folds_as_a_conv_without_bias(passes, affine):
     rng = np.random.default_rng(0)
