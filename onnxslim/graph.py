@@ -481,16 +481,17 @@ def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
     return node.inputs[index]
 
 
-def optional_constant(node: gs.Node, index: int, what: str) -> np.ndarray | None:
-    """The float64 value of optional input ``index`` (a bias, Gemm's C); None when the node leaves it
-    out. Raises :class:`Reject` ("``what`` is not constant") when it is computed at run time."""
+def optional_constant(node: gs.Node, index: int, what: str, dtype: type | None = np.float64) -> np.ndarray | None:
+    """The value of optional input ``index`` (a bias, Gemm's C, Pad's pads) as ``dtype`` (None: as
+    stored); None when the node leaves it out. Raises :class:`Reject` ("``what`` is not constant")
+    when it is computed at run time."""
     tensor = optional_input(node, index)
     if tensor is None:
         return None
     value = constant_value(tensor)
     if value is None:
         raise Reject(f"{what} is not constant")
-    return value.astype(np.float64)
+    return value if dtype is None else value.astype(dtype)
 
 
 def set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:

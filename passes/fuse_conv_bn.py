@@ -47,7 +47,6 @@ from onnxslim.graph import (
     make_constant,
     opset,
     optional_constant,
-    optional_input,
     producer,
     rank,
     set_input,
@@ -171,13 +170,10 @@ class _Folder:
         new_w = (weight.astype(np.float64) * scale).astype(weight.dtype)
         bias = t
         if mm.op == "Gemm":
-            given = optional_input(mm, 2)
-            c = None if given is None else constant_value(given)
-            if given is not None and c is None:
-                raise Reject("Gemm C is not constant")
+            c = optional_constant(mm, 2, "Gemm C")
             beta = float(mm.attrs.get("beta", 1.0))
             if c is not None and beta != 0.0:
-                bias = beta * c.astype(np.float64) * s + t
+                bias = beta * c * s + t
         w_const = make_constant(self.scope, mm.inputs[1].name + "_bn", new_w)
         c_const = make_constant(self.scope, bn.name + "_bias", bias.astype(weight.dtype))
         y = bn.outputs[0]

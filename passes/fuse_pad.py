@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.graph import DEFAULT_DOMAINS, Reject, constant_value, rank
+from onnxslim.graph import DEFAULT_DOMAINS, Reject, optional_constant, rank
 from onnxslim.pipeline import Pass, PassContext, PassResult
 
 _COUNTERS = {"Conv": "into_conv", "AveragePool": "into_average_pool"}
@@ -108,11 +108,11 @@ def _pad_amounts(pad: gs.Node, data_rank: int) -> tuple[list[int], list[int]]:
         pads = np.asarray(pad.attrs.get("pads", pad.attrs.get("paddings")), dtype=np.int64)
         value = np.asarray(pad.attrs.get("value", 0.0))
     else:
-        pads = _optional_input(pad, 1)
+        pads = optional_constant(pad, 1, "input 1 of Pad", dtype=None)
         if pads is None:
             raise Reject("pads is not constant")
-        value = _optional_input(pad, 2)
-        axes = _optional_input(pad, 3)
+        value = optional_constant(pad, 2, "input 2 of Pad", dtype=None)
+        axes = optional_constant(pad, 3, "input 3 of Pad", dtype=None)
     if value is not None and np.any(value != 0):
         raise Reject("pad value is not 0")
     pads = pads.astype(np.int64).reshape(-1)
@@ -127,13 +127,3 @@ def _pad_amounts(pad: gs.Node, data_rank: int) -> tuple[list[int], list[int]]:
     for i, axis in enumerate(axes):
         begins[axis], ends[axis] = int(pads[i]), int(pads[len(axes) + i])
     return begins, ends
-
-
-def _optional_input(node: gs.Node, index: int) -> np.ndarray | None:
-    """Value of optional input ``index``: None when absent; Reject when present but not constant."""
-    if len(node.inputs) <= index or not node.inputs[index].name:
-        return None
-    value = constant_value(node.inputs[index])
-    if value is None:
-        raise Reject(f"input {index} of Pad is not constant")
-    return value

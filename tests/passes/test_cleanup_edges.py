@@ -571,6 +571,9 @@ def test_optional_constant_is_the_float64_value_none_when_absent_and_rejects_a_r
     assert optional_constant(empty, 2, "Conv bias") is None and optional_constant(gs.Node("Conv", inputs=[x, w]), 2, "bias") is None
     with pytest.raises(Reject, match="^Conv bias is not constant$"):
         optional_constant(computed, 2, "Conv bias")
+    pads = gs.Node("Pad", inputs=[x, gs.Constant("p", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])
+    stored = optional_constant(pads, 1, "input 1 of Pad", dtype=None)
+    assert stored.dtype == np.int64 and stored.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
 
 
 @pytest.mark.parametrize("passes, affine", [("fuse_conv_affine", "after"), ("fuse_input_affine", "before"), ("fuse_conv_bn", "bn")])
