@@ -217,6 +217,7 @@ class ActivationCollector:
                 self.session, self.blocked, self._fetch = None, {}, list(self.names)
         if self.session is None:
             self.session = _session(skeleton, options())
+        self._unique_fetch = list(dict.fromkeys(self._fetch))  # two observed tensors may share a source
         self.input_names = {i.name for i in self.session.get_inputs()}
         fixed = {i.shape[0] for i in self.session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
         # A model exported with a fixed batch takes batches of exactly that size.
@@ -235,7 +236,7 @@ class ActivationCollector:
 
     def run_raw(self, feeds: Feeds) -> dict[str, np.ndarray]:
         """Activations of one batch, by name; those in :attr:`blocked` in their NCHWc layout."""
-        fetch = list(dict.fromkeys(self._fetch))
+        fetch = self._unique_fetch
         by_fetch = dict(zip(fetch, self.session.run(fetch, {k: v for k, v in feeds.items() if k in self.input_names})))
         out = {name: by_fetch[fetch] for name, fetch in zip(self.names, self._fetch)}
         for name, layout in self.blocked.items():

@@ -118,8 +118,7 @@ def _candidate_edges(n: int, steps: int) -> np.ndarray:
 def rounded_grid(first: float, last: float, count: int) -> np.ndarray:
     """The distinct integers nearest to ``count`` evenly spaced points from ``first`` to ``last``,
     ascending. (Not ``np.unique``: its first call imports ``numpy.ma``, ~30 ms inside calibration.)"""
-    points = np.linspace(first, last, num=count).round().astype(np.int64)
-    return points[np.concatenate(([True], points[1:] != points[:-1]))] if points.size else points
+    return _distinct(np.linspace(first, last, num=count).round().astype(np.int64))[0]
 
 
 def _quantile(edges: np.ndarray, counts: np.ndarray, q: float) -> float:
