@@ -408,6 +408,11 @@ def test_calib_speed_floor_reruns_the_captured_loop_with_free_statistics(monkeyp
         stats, seen = pass_module.collect_stats(model, ["y"], synthetic(model, 6, seed=1), batch_size=2)
     assert pass_module.collect_stats is not None and "capture" not in pass_module.collect_stats.__name__
     assert seen == 6 and stats["y"].count == 6 * 8
+    assert box["result"][0] is stats and box["result"][1] == 6  # the pass's own result is kept
+    minmax_only: dict = {}
+    with calib_speed.captured_collection(minmax_only, histogram=False):
+        stats, _ = pass_module.collect_stats(model, ["y"], synthetic(model, 6, seed=1), batch_size=2)
+    assert stats["y"].counts is None and minmax_only["kwargs"]["histogram"] is False  # called with the overrides
     calls = []
     original = histogram.TensorStats.update
     monkeypatch.setattr(histogram.TensorStats, "update", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))

@@ -126,15 +126,17 @@ class Breakdown:
 
 
 @contextlib.contextmanager
-def captured_collection(box: dict):
-    """Keep the arguments of the pass's ``collect_stats`` call (for :func:`floor_seconds`)."""
+def captured_collection(box: dict, **overrides):
+    """Keep the arguments of the pass's ``collect_stats`` call (for :func:`floor_seconds`) and its
+    result (``box["result"]``); ``overrides``: keyword arguments to call it with instead."""
     import onnxslim.passes.insert_qdq as pass_module
 
     original = pass_module.collect_stats
 
     def capture(*args, **kwargs):
-        box["args"], box["kwargs"] = args, kwargs
-        return original(*args, **kwargs)
+        box["args"], box["kwargs"] = args, {**kwargs, **overrides}
+        box["result"] = original(*args, **box["kwargs"])
+        return box["result"]
 
     pass_module.collect_stats = capture
     try:

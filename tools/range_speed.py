@@ -29,19 +29,16 @@ import calib_speed  # noqa: E402
 
 
 def model_stats(name: str, args, work: Path) -> dict:
-    """The statistics of every tensor the pass observes, from one calibration."""
-    from onnxslim.quantization import calibrate
-
+    """The statistics of every tensor the pass observes, from one calibration (every tensor with a histogram)."""
     path = str(args.zoo / bench_quant.MODELS[name])
     model = onnx.load(path, load_external_data=False)
     calib, _, _ = bench_quant.model_data(name, args.zoo, model, args.calib, 32)
     folder = work / f"{name}-calib"
     bench_quant.save_folder(calib, folder)
     box: dict = {}
-    with calib_speed.captured_collection(box):
+    with calib_speed.captured_collection(box, histogram=True):
         calib_speed.calibrate_once(path, folder, "mse", work / f"{name}.onnx", {})
-    stats, _ = calibrate.collect_stats(*box["args"], **{**box["kwargs"], "riders": [], "histogram": True})
-    return stats
+    return box["result"][0]
 
 
 def time_ranges(stats: dict, method: str, repeat: int) -> tuple[float, str]:
